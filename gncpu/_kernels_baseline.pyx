@@ -1,0 +1,2 @@
+SIMD = "baseline"
+include "_kernels.pxi"

@@ -1,0 +1,31 @@
+/* What the build and the CPU offer, for gncpu's kernels.
+ *
+ * OpenMP is optional: without it every gn_* query answers as a serial build would, and
+ * Cython's prange loops compile to plain loops.  CPU feature detection lets the package
+ * import the x86-64-v3 (AVX2 + FMA + F16C) build of the kernels only where it can run.
+ */
+#ifndef GNCPU_PLATFORM_H
+#define GNCPU_PLATFORM_H
+
+#ifdef _OPENMP
+#include <omp.h>
+static inline int gn_openmp_enabled(void) { return 1; }
+static inline int gn_max_threads(void) { return omp_get_max_threads(); }
+#else
+static inline int gn_openmp_enabled(void) { return 0; }
+static inline int gn_max_threads(void) { return 1; }
+#endif
+
+/* 1 when this CPU runs x86-64-v3 code (AVX2, FMA, F16C, with OS support for YMM state). */
+static inline int gn_cpu_has_x86_64_v3(void)
+{
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+        && __builtin_cpu_supports("f16c");
+#else
+    return 0;
+#endif
+}
+
+#endif

@@ -1,0 +1,81 @@
+"""The GroupNorm layer: parameters and the statistics of the last forward pass."""
+import numpy as np
+
+from . import _kernels
+
+
+class GroupNorm:
+    """Group Normalization layer, the NumPy counterpart of ``torch.nn.GroupNorm``.
+
+    Parameters
+    ----------
+    num_groups : int
+        G, which must divide ``num_channels``.
+    num_channels : int
+        C, the size of axis 1 of the input.
+    eps : float, default 1e-5
+        Added to the variance.
+    affine : bool, default True
+        Hold a per-channel ``weight`` (ones) and ``bias`` (zeros). Without it they are None.
+    dtype : dtype, default numpy.float32
+        dtype of ``weight``, ``bias`` and their gradients.
+
+    Attributes
+    ----------
+    weight, bias : ndarray of shape (C,) or None
+    grad_weight, grad_bias : ndarray of shape (C,) or None
+        Set by :meth:`backward`.
+
+    Notes
+    -----
+    :meth:`forward` keeps a reference to its input, its ``mean`` and ``rstd``, for
+    :meth:`backward`; modifying that input in place in between changes the gradients.
+
+    Examples
+    --------
+    >>> import numpy as np, gncpu
+    >>> layer = gncpu.GroupNorm(2, 4)
+    >>> x = np.random.default_rng(0).standard_normal((3, 4, 5)).astype(np.float32)
+    >>> y = layer(x)
+    >>> grad_x = layer.backward(np.ones_like(y))
+    >>> layer.grad_bias
+    array([15., 15., 15., 15.], dtype=float32)
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32):
+        # Validate now, with the same rules and messages as the functional API.
+        _kernels.group_norm(np.zeros((0, num_channels)), num_groups, eps=eps)
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        self.weight = np.ones(num_channels, dtype=dtype) if affine else None
+        self.bias = np.zeros(num_channels, dtype=dtype) if affine else None
+        self.grad_weight = None
+        self.grad_bias = None
+        self._saved = None
+
+    def __repr__(self):
+        return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
+                f"affine={self.affine})")
+
+    def forward(self, x):
+        """y = group_norm(x, num_groups, weight, bias, eps); keeps what backward needs."""
+        y, mean, rstd = _kernels.group_norm(x, self.num_groups, self.weight, self.bias,
+                                            self.eps, return_stats=True)
+        self._saved = (x, mean, rstd)
+        return y
+
+    __call__ = forward
+
+    def backward(self, grad_out):
+        """Gradient with respect to the last forward's input; sets grad_weight, grad_bias."""
+        if self._saved is None:
+            raise RuntimeError("backward() needs a forward() call first")
+        x, mean, rstd = self._saved
+        grad_x, grad_weight, grad_bias = _kernels.group_norm_backward(
+            grad_out, x, mean, rstd, self.num_groups, self.weight)
+        if self.affine:
+            self.grad_weight = grad_weight.astype(self.weight.dtype, copy=False)
+            self.grad_bias = grad_bias.astype(self.bias.dtype, copy=False)
+        return grad_x
