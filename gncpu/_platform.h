@@ -16,6 +16,17 @@ static inline int gn_openmp_enabled(void) { return 0; }
 static inline int gn_max_threads(void) { return 1; }
 #endif
 
+/* a * b + c. With a hardware FMA (x86-64-v3, every AArch64 CPU) it is one fused
+ * instruction, rounded once; elsewhere a multiply then an add. Written out rather than
+ * left to the compiler's contraction, so every copy of a kernel rounds the same way. */
+#if defined(__FMA__) || defined(__aarch64__)
+static inline float gn_fmaf(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+static inline double gn_fma(double a, double b, double c) { return __builtin_fma(a, b, c); }
+#else
+static inline float gn_fmaf(float a, float b, float c) { return a * b + c; }
+static inline double gn_fma(double a, double b, double c) { return a * b + c; }
+#endif
+
 /* 1 when this CPU runs x86-64-v3 code (AVX2, FMA, F16C, with OS support for YMM state). */
 static inline int gn_cpu_has_x86_64_v3(void)
 {
