@@ -109,6 +109,7 @@ cdef Layout make_layout(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t G,
     cdef Layout L
     L.N = N; L.C = C; L.S = S; L.G = G; L.Cg = C // G
     L.xsN = xsN; L.xsC = xsC
+    L.ysN = 0; L.ysC = 0; L.dsN = 0; L.dsC = 0
     if (xsC == S or L.Cg == 1) and not per_channel:
         L.rows = 1
         L.row_len = L.Cg * S
@@ -249,6 +250,21 @@ cdef inline void grad_x_segment(const real* dy, const real* x, real* dx, Py_ssiz
         gn_grad_x_f64(dy, x, dx, n, a, b, m, c)
 
 
+cdef inline void channel_grad_sums(const real* dy, const real* x, Py_ssize_t S, real m,
+                                   double* db, double* ds) noexcept nogil:
+    """db = sum(dy), ds = sum(dy * (x - m)) over one channel: chunk sums added in order."""
+    cdef Py_ssize_t start = 0
+    cdef double part[2]
+    cdef double a = 0, b = 0
+    while start < S:
+        channel_grad_chunk(dy + start, x + start, min(CHUNK, S - start), m, part)
+        a = a + part[0]
+        b = b + part[1]
+        start += CHUNK
+    db[0] = a
+    ds[0] = b
+
+
 cdef inline void grad_chunk_sums(const real* dy, const real* x, const Layout* L,
                                  const real* mean, Py_ssize_t i, double* out) noexcept nogil:
     """Partial sums of chunk i = (n * C + c) * row_chunks + j (see channel_grad_chunk)."""
@@ -305,33 +321,34 @@ cdef inline void group_terms(const Layout* L, Py_ssize_t p, const real* rstd,
 
 cdef void backward_pair(const real* dy, const real* x, real* dx, const Layout* L,
                         Py_ssize_t p, const real* mean, const real* rstd,
-                        const real* weight, double* parts, double* db, double* ds,
+                        const real* weight, double* db, double* ds,
                         double* terms) noexcept nogil:
     """Pair p: per-channel sums, the pair's two terms, then grad_x, its data still in cache."""
-    cdef Py_ssize_t c, k
-    cdef Py_ssize_t chunks = L.row_chunks
-    cdef Py_ssize_t nc0 = (p // L.G) * L.C + (p % L.G) * L.Cg
-    for k in range(nc0 * chunks, (nc0 + L.Cg) * chunks):
-        grad_chunk_sums(dy, x, L, mean, k, &parts[2 * k])
-    for c in range(nc0, nc0 + L.Cg):
-        channel_sums(parts, chunks, c, db, ds)
+    cdef Py_ssize_t n = p // L.G, c0 = (p % L.G) * L.Cg, c
+    cdef Py_ssize_t nc0 = n * L.C + c0
+    cdef real a
+    for c in range(c0, c0 + L.Cg):
+        channel_grad_sums(dy + n * L.dsN + c * L.dsC, x + n * L.xsN + c * L.xsC, L.S, mean[p],
+                          &db[n * L.C + c], &ds[n * L.C + c])
     group_terms(L, p, rstd, weight, db, ds, terms)
-    for k in range(nc0 * chunks, (nc0 + L.Cg) * chunks):
-        grad_x_chunk(dy, x, dx, L, mean, rstd, weight, terms, k)
+    for c in range(c0, c0 + L.Cg):
+        a = <real>(<double>rstd[p] * (1.0 if weight == NULL else <double>weight[c]))
+        grad_x_segment(dy + n * L.dsN + c * L.dsC, x + n * L.xsN + c * L.xsC,
+                       dx + n * L.ysN + c * L.ysC, L.S, a, <real>terms[2 * p], mean[p],
+                       <real>terms[2 * p + 1])
 
 
 cdef void backward_fused(const real* dy, const real* x, real* dx, const Layout* L,
                          const real* mean, const real* rstd, const real* weight,
-                         double* parts, double* db, double* ds, double* terms,
-                         int threads) noexcept nogil:
+                         double* db, double* ds, double* terms, int threads) noexcept nogil:
     """One task per pair."""
     cdef Py_ssize_t p
     if threads == 1:
         for p in range(L.N * L.G):
-            backward_pair(dy, x, dx, L, p, mean, rstd, weight, parts, db, ds, terms)
+            backward_pair(dy, x, dx, L, p, mean, rstd, weight, db, ds, terms)
     else:
         for p in prange(L.N * L.G, schedule='static', num_threads=threads):
-            backward_pair(dy, x, dx, L, p, mean, rstd, weight, parts, db, ds, terms)
+            backward_pair(dy, x, dx, L, p, mean, rstd, weight, db, ds, terms)
 
 
 cdef void backward_split(const real* dy, const real* x, real* dx, const Layout* L,
@@ -339,7 +356,7 @@ cdef void backward_split(const real* dy, const real* x, real* dx, const Layout* 
                          double* parts, double* db, double* ds, double* terms,
                          int threads) noexcept nogil:
     """Few pairs, many threads: the arithmetic of backward_pair, each phase parallel
-    over chunks."""
+    over chunks (parts holds 2 partial sums per chunk)."""
     cdef Py_ssize_t i, p
     cdef Py_ssize_t items = L.N * L.C * L.row_chunks
     for i in prange(items, schedule='static', num_threads=threads):
@@ -356,16 +373,17 @@ cdef void param_grads(const Layout* L, const real* rstd, const double* db,
                       const double* ds, real* grad_weight, real* grad_bias) noexcept nogil:
     """grad_bias_c = sum_n db[n, c];  grad_weight_c = sum_n rstd[n, g] * ds[n, c]
     (= sum(dy * xhat) over the channel), summed over n in order."""
-    cdef Py_ssize_t n, c
+    cdef Py_ssize_t n, g, c
     cdef double gw, gb
-    for c in range(L.C):
-        gw = 0
-        gb = 0
-        for n in range(L.N):
-            gb = gb + db[n * L.C + c]
-            gw = gw + <double>rstd[n * L.G + c // L.Cg] * ds[n * L.C + c]
-        grad_weight[c] = <real>gw
-        grad_bias[c] = <real>gb
+    for g in range(L.G):
+        for c in range(g * L.Cg, (g + 1) * L.Cg):
+            gw = 0
+            gb = 0
+            for n in range(L.N):
+                gb = gb + db[n * L.C + c]
+                gw = gw + <double>rstd[n * L.G + g] * ds[n * L.C + c]
+            grad_weight[c] = <real>gw
+            grad_bias[c] = <real>gb
 
 
 # ---------------------------------------------------------------------------------------
@@ -773,14 +791,14 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
     L.ysN = C * S
     L.ysC = S
     threads = plan_threads(num_threads, N * C * S)
-    chunks = N * C * L.row_chunks
-    # Scratch: chunk partials (2 per chunk), db and ds (N * C each), group terms (2 per pair).
-    buf = np.empty(2 * chunks + 2 * N * C + 2 * N * G, dtype=F64)
-    cdef double* parts = <double*>ptr(buf)
-    cdef double* db = parts + 2 * chunks
+    cdef bint split = threads > 1 and N * G < 2 * threads
+    chunks = N * C * L.row_chunks if split else 0
+    # Scratch: db and ds (N * C each), group terms (2 per pair), chunk partials (split only).
+    buf = np.empty(2 * N * C + 2 * N * G + 2 * chunks, dtype=F64)
+    cdef double* db = <double*>ptr(buf)
     cdef double* ds = db + N * C
     cdef double* terms = ds + N * C
-    cdef bint split = threads > 1 and N * G < 2 * threads
+    cdef double* parts = terms + 2 * N * G
     gw = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(arr) + 1, typenum, 0)
     gb = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(arr) + 1, typenum, 0)
     cdef char* dyp = ptr(dy3)
@@ -798,7 +816,7 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
                                <float*>mp, <float*>rp, <float*>wp, parts, db, ds, terms, threads)
             else:
                 backward_fused(<const float*>dyp, <const float*>xp, <float*>dxp, &L,
-                               <float*>mp, <float*>rp, <float*>wp, parts, db, ds, terms, threads)
+                               <float*>mp, <float*>rp, <float*>wp, db, ds, terms, threads)
             param_grads(&L, <float*>rp, db, ds, <float*>gwp, <float*>gbp)
         else:
             if split:
@@ -807,8 +825,7 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
                                threads)
             else:
                 backward_fused(<const double*>dyp, <const double*>xp, <double*>dxp, &L,
-                               <double*>mp, <double*>rp, <double*>wp, parts, db, ds, terms,
-                               threads)
+                               <double*>mp, <double*>rp, <double*>wp, db, ds, terms, threads)
             param_grads(&L, <double*>rp, db, ds, <double*>gwp, <double*>gbp)
     if result is F16:
         return dx3.astype(F16), gw.astype(F16), gb.astype(F16)

@@ -5,9 +5,10 @@
  * the stack. GCC and Clang vector extensions compile to AVX on x86-64-v3, and to pairs of
  * SSE2 or NEON registers elsewhere.
  *
- * Lanes: an accumulator set is 4 vectors, LANES = 4 * (32 / sizeof(T)) lanes (32 for
- * float, 16 for double); element i of a chunk goes to lane i % LANES. Every sum over lanes
- * is taken in a fixed pairwise order, so a result depends only on the data and the chunk.
+ * Summation order, fixed for a given length n, so results depend only on the data:
+ * blocks of 4 vectors go to 4 vector accumulators; the remaining whole vectors to the first
+ * one; the last n % W elements (W = 32 / sizeof(T)) to a float64 scalar. The accumulators
+ * are added as (a0 + a1) + (a2 + a3), then its W lanes pairwise in float64, then the scalar.
  * Each T is defined once by GN_DEFINE_KERNELS below (float: _f32, double: _f64).
  */
 #ifndef GNCPU_SIMD_H
@@ -31,8 +32,11 @@ typedef double gn_vf64 __attribute__((vector_size(32)));
 #define GN_FMA_f32 gn_fmaf
 #define GN_FMA_f64 gn_fma
 
+/* Elements averaged for the shift of a chunk's one-pass moments. */
+#define GN_PILOT 32
+
 #define GN_DEFINE_KERNELS(T, SUF)                                                           \
-enum { GN_W_##SUF = 32 / sizeof(T), GN_LANES_##SUF = 4 * (32 / sizeof(T)) };             \
+enum { GN_W_##SUF = 32 / sizeof(T) };                                                     \
                                                                                           \
 static inline gn_v##SUF gn_load_##SUF(const T *p)                                          \
 {                                                                                         \
@@ -43,93 +47,67 @@ static inline gn_v##SUF gn_load_##SUF(const T *p)                               
                                                                                           \
 static inline void gn_store_##SUF(T *p, gn_v##SUF v) { memcpy(p, &v, sizeof v); }          \
                                                                                           \
-/* sum of the LANES lanes of (a0, a1, a2, a3), pairwise, in float64 */                  \
-static inline double gn_lanes_total_##SUF(gn_v##SUF a0, gn_v##SUF a1, gn_v##SUF a2,       \
-                                          gn_v##SUF a3)                                   \
+static inline gn_v##SUF gn_splat_##SUF(T v) { return (gn_v##SUF){0} + v; }                 \
+                                                                                          \
+/* (a0 + a1) + (a2 + a3), its W lanes pairwise, then in float64 plus tail. */             \
+static inline double gn_total_##SUF(gn_v##SUF a0, gn_v##SUF a1, gn_v##SUF a2,             \
+                                    gn_v##SUF a3, double tail)                            \
 {                                                                                         \
-    T lanes[GN_LANES_##SUF];                                                              \
-    double half[GN_LANES_##SUF / 2];                                                      \
-    int j, width = GN_LANES_##SUF / 2;                                                    \
-    gn_store_##SUF(lanes, a0);                                                            \
-    gn_store_##SUF(lanes + GN_W_##SUF, a1);                                               \
-    gn_store_##SUF(lanes + 2 * GN_W_##SUF, a2);                                           \
-    gn_store_##SUF(lanes + 3 * GN_W_##SUF, a3);                                           \
-    for (j = 0; j < width; j++)                                                           \
-        half[j] = (double)lanes[j] + (double)lanes[j + width];                            \
+    T v[GN_W_##SUF];                                                                      \
+    int j, width = GN_W_##SUF;                                                            \
+    gn_store_##SUF(v, (a0 + a1) + (a2 + a3));                                             \
     while (width > 1) {                                                                   \
         width /= 2;                                                                       \
         for (j = 0; j < width; j++)                                                       \
-            half[j] += half[j + width];                                                   \
+            v[j] += v[j + width];                                                         \
     }                                                                                     \
-    return half[0];                                                                       \
+    return (double)v[0] + tail;                                                           \
 }                                                                                         \
                                                                                           \
-/* The tail x[full:n] (fewer than LANES elements) as vectors: lane k gets x[full + k]. */ \
-static inline void gn_tail_##SUF(const T *x, ptrdiff_t count, gn_v##SUF *t)               \
-{                                                                                         \
-    T lanes[GN_LANES_##SUF] = {0};                                                        \
-    memcpy(lanes, x, (size_t)count * sizeof(T));                                          \
-    t[0] = gn_load_##SUF(lanes);                                                          \
-    t[1] = gn_load_##SUF(lanes + GN_W_##SUF);                                             \
-    t[2] = gn_load_##SUF(lanes + 2 * GN_W_##SUF);                                         \
-    t[3] = gn_load_##SUF(lanes + 3 * GN_W_##SUF);                                         \
-}                                                                                         \
-                                                                                          \
-/* Moments of x[0:n] by the corrected two-pass algorithm:                                 \
- * m = sum(x) / n;  d = x - m;  mean = m + sum(d) / n;  M2 = sum(d^2) - sum(d)^2 / n.     \
- * Tail lanes past n hold x = m (d = 0) in pass 2 and 0 in pass 1, so they add nothing. */\
+/* Moments of x[0:n] in one pass around a shift K, the mean of the first GN_PILOT         \
+ * elements: d = x - K;  mean = K + sum(d) / n;  M2 = sum(d^2) - sum(d)^2 / n.            \
+ * By Cauchy-Schwarz (K - mean)^2 <= M2 / GN_PILOT, so the cancellation in M2 costs at    \
+ * most a factor 1 + n / GN_PILOT in relative error, whatever the data: no E[x^2]-E[x]^2  \
+ * blow-up when |mean| >> std. */                                                         \
 static inline void gn_chunk_moments_##SUF(const T *x, ptrdiff_t n, double *mean,          \
                                           double *m2)                                     \
 {                                                                                         \
-    const ptrdiff_t W = GN_W_##SUF, full = n - n % GN_LANES_##SUF;                        \
-    gn_v##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                     \
+    const ptrdiff_t W = GN_W_##SUF, pilot = n < GN_PILOT ? n : GN_PILOT;                  \
     gn_v##SUF s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                                     \
     gn_v##SUF q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};                                     \
-    gn_v##SUF t[4], d, vm;                                                                \
+    gn_v##SUF d, vk;                                                                      \
     ptrdiff_t i;                                                                          \
-    T m;                                                                                  \
-    double sum_d;                                                                         \
-    for (i = 0; i < full; i += 4 * W) {                                                   \
-        a0 += gn_load_##SUF(x + i);                                                       \
-        a1 += gn_load_##SUF(x + i + W);                                                   \
-        a2 += gn_load_##SUF(x + i + 2 * W);                                               \
-        a3 += gn_load_##SUF(x + i + 3 * W);                                               \
+    double k = 0, st = 0, qt = 0, sum_d;                                                  \
+    T K;                                                                                  \
+    for (i = 0; i < pilot; i++)                                                           \
+        k += x[i];                                                                        \
+    K = (T)(k / (double)pilot);                                                           \
+    vk = gn_splat_##SUF(K);                                                               \
+    for (i = 0; i + 4 * W <= n; i += 4 * W) {                                             \
+        d = gn_load_##SUF(x + i) - vk;         s0 += d; q0 = GN_VFMA_##SUF(d, d, q0);     \
+        d = gn_load_##SUF(x + i + W) - vk;     s1 += d; q1 = GN_VFMA_##SUF(d, d, q1);     \
+        d = gn_load_##SUF(x + i + 2 * W) - vk; s2 += d; q2 = GN_VFMA_##SUF(d, d, q2);     \
+        d = gn_load_##SUF(x + i + 3 * W) - vk; s3 += d; q3 = GN_VFMA_##SUF(d, d, q3);     \
     }                                                                                     \
-    gn_tail_##SUF(x + full, n - full, t);                                                 \
-    a0 += t[0]; a1 += t[1]; a2 += t[2]; a3 += t[3];                                       \
-    m = (T)(gn_lanes_total_##SUF(a0, a1, a2, a3) / (double)n);                            \
-    vm = (gn_v##SUF){0} + m;                                                              \
-    for (i = 0; i < full; i += 4 * W) {                                                   \
-        d = gn_load_##SUF(x + i) - vm;         s0 += d; q0 = GN_VFMA_##SUF(d, d, q0);     \
-        d = gn_load_##SUF(x + i + W) - vm;     s1 += d; q1 = GN_VFMA_##SUF(d, d, q1);     \
-        d = gn_load_##SUF(x + i + 2 * W) - vm; s2 += d; q2 = GN_VFMA_##SUF(d, d, q2);     \
-        d = gn_load_##SUF(x + i + 3 * W) - vm; s3 += d; q3 = GN_VFMA_##SUF(d, d, q3);     \
+    for (; i + W <= n; i += W) {                                                          \
+        d = gn_load_##SUF(x + i) - vk;         s0 += d; q0 = GN_VFMA_##SUF(d, d, q0);     \
     }                                                                                     \
-    if (n > full) {                                                                       \
-        gn_v##SUF z[4];                                                                   \
-        T lanes[GN_LANES_##SUF] = {0};                                                    \
-        for (i = full; i < n; i++)                                                        \
-            lanes[i - full] = x[i] - m;                                                   \
-        z[0] = gn_load_##SUF(lanes);                                                      \
-        z[1] = gn_load_##SUF(lanes + W);                                                  \
-        z[2] = gn_load_##SUF(lanes + 2 * W);                                              \
-        z[3] = gn_load_##SUF(lanes + 3 * W);                                              \
-        s0 += z[0]; q0 = GN_VFMA_##SUF(z[0], z[0], q0);                                   \
-        s1 += z[1]; q1 = GN_VFMA_##SUF(z[1], z[1], q1);                                   \
-        s2 += z[2]; q2 = GN_VFMA_##SUF(z[2], z[2], q2);                                   \
-        s3 += z[3]; q3 = GN_VFMA_##SUF(z[3], z[3], q3);                                   \
+    for (; i < n; i++) {                                                                  \
+        double e = (double)(x[i] - K);                                                    \
+        st += e;                                                                          \
+        qt += e * e;                                                                      \
     }                                                                                     \
-    sum_d = gn_lanes_total_##SUF(s0, s1, s2, s3);                                         \
-    *mean = (double)m + sum_d / (double)n;                                                \
-    *m2 = gn_lanes_total_##SUF(q0, q1, q2, q3) - sum_d * sum_d / (double)n;               \
+    sum_d = gn_total_##SUF(s0, s1, s2, s3, st);                                           \
+    *mean = (double)K + sum_d / (double)n;                                                \
+    *m2 = gn_total_##SUF(q0, q1, q2, q3, qt) - sum_d * sum_d / (double)n;                 \
 }                                                                                         \
                                                                                           \
 /* y = (x - m) * a + b over n contiguous elements. */                                     \
 static inline void gn_affine_##SUF(const T *x, T *y, ptrdiff_t n, T m, T a, T b)          \
 {                                                                                         \
     const ptrdiff_t W = GN_W_##SUF;                                                       \
-    const gn_v##SUF vm = (gn_v##SUF){0} + m, va = (gn_v##SUF){0} + a,                     \
-                    vb = (gn_v##SUF){0} + b;                                              \
+    const gn_v##SUF vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a),                       \
+                    vb = gn_splat_##SUF(b);                                               \
     ptrdiff_t i = 0;                                                                      \
     for (; i + W <= n; i += W)                                                            \
         gn_store_##SUF(y + i, GN_VFMA_##SUF(gn_load_##SUF(x + i) - vm, va, vb));          \
@@ -137,16 +115,17 @@ static inline void gn_affine_##SUF(const T *x, T *y, ptrdiff_t n, T m, T a, T b)
         y[i] = GN_FMA_##SUF(x[i] - m, a, b);                                              \
 }                                                                                         \
                                                                                           \
-/* out = [sum(dy), sum(dy * (x - m))] over n contiguous elements, in lanes. */            \
+/* out = [sum(dy), sum(dy * (x - m))] over n contiguous elements. */                      \
 static inline void gn_grad_sums_##SUF(const T *dy, const T *x, ptrdiff_t n, T m,          \
                                       double *out)                                        \
 {                                                                                         \
-    const ptrdiff_t W = GN_W_##SUF, full = n - n % GN_LANES_##SUF;                        \
+    const ptrdiff_t W = GN_W_##SUF;                                                       \
     gn_v##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                     \
     gn_v##SUF b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                                     \
-    gn_v##SUF g, vm = (gn_v##SUF){0} + m;                                                 \
+    gn_v##SUF g, vm = gn_splat_##SUF(m);                                                  \
     ptrdiff_t i;                                                                          \
-    for (i = 0; i < full; i += 4 * W) {                                                   \
+    double at = 0, bt = 0;                                                                \
+    for (i = 0; i + 4 * W <= n; i += 4 * W) {                                             \
         g = gn_load_##SUF(dy + i);                                                        \
         a0 += g; b0 = GN_VFMA_##SUF(g, gn_load_##SUF(x + i) - vm, b0);                    \
         g = gn_load_##SUF(dy + i + W);                                                    \
@@ -156,23 +135,16 @@ static inline void gn_grad_sums_##SUF(const T *dy, const T *x, ptrdiff_t n, T m,
         g = gn_load_##SUF(dy + i + 3 * W);                                                \
         a3 += g; b3 = GN_VFMA_##SUF(g, gn_load_##SUF(x + i + 3 * W) - vm, b3);            \
     }                                                                                     \
-    if (n > full) {                                                                       \
-        gn_v##SUF gt[4], xt[4];                                                           \
-        T lanes[GN_LANES_##SUF] = {0};                                                    \
-        gn_tail_##SUF(dy + full, n - full, gt);                                           \
-        for (i = full; i < n; i++)                                                        \
-            lanes[i - full] = x[i] - m;                                                   \
-        xt[0] = gn_load_##SUF(lanes);                                                     \
-        xt[1] = gn_load_##SUF(lanes + W);                                                 \
-        xt[2] = gn_load_##SUF(lanes + 2 * W);                                             \
-        xt[3] = gn_load_##SUF(lanes + 3 * W);                                             \
-        a0 += gt[0]; b0 = GN_VFMA_##SUF(gt[0], xt[0], b0);                                \
-        a1 += gt[1]; b1 = GN_VFMA_##SUF(gt[1], xt[1], b1);                                \
-        a2 += gt[2]; b2 = GN_VFMA_##SUF(gt[2], xt[2], b2);                                \
-        a3 += gt[3]; b3 = GN_VFMA_##SUF(gt[3], xt[3], b3);                                \
+    for (; i + W <= n; i += W) {                                                          \
+        g = gn_load_##SUF(dy + i);                                                        \
+        a0 += g; b0 = GN_VFMA_##SUF(g, gn_load_##SUF(x + i) - vm, b0);                    \
     }                                                                                     \
-    out[0] = gn_lanes_total_##SUF(a0, a1, a2, a3);                                        \
-    out[1] = gn_lanes_total_##SUF(b0, b1, b2, b3);                                        \
+    for (; i < n; i++) {                                                                  \
+        at += (double)dy[i];                                                              \
+        bt += (double)dy[i] * (double)(x[i] - m);                                         \
+    }                                                                                     \
+    out[0] = gn_total_##SUF(a0, a1, a2, a3, at);                                          \
+    out[1] = gn_total_##SUF(b0, b1, b2, b3, bt);                                          \
 }                                                                                         \
                                                                                           \
 /* dx = a * dy + (b * (x - m) + c) over n contiguous elements. */                         \
@@ -180,8 +152,8 @@ static inline void gn_grad_x_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n, 
                                    T b, T m, T c)                                         \
 {                                                                                         \
     const ptrdiff_t W = GN_W_##SUF;                                                       \
-    const gn_v##SUF va = (gn_v##SUF){0} + a, vb = (gn_v##SUF){0} + b,                     \
-                    vm = (gn_v##SUF){0} + m, vc = (gn_v##SUF){0} + c;                     \
+    const gn_v##SUF va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b),                       \
+                    vm = gn_splat_##SUF(m), vc = gn_splat_##SUF(c);                       \
     ptrdiff_t i = 0;                                                                      \
     for (; i + W <= n; i += W)                                                            \
         gn_store_##SUF(dx + i, GN_VFMA_##SUF(va, gn_load_##SUF(dy + i),                   \
