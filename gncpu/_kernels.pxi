@@ -430,6 +430,8 @@ cdef int plan_threads(object num_threads, Py_ssize_t work) except -1:
 
 
 cdef Py_ssize_t as_int(object value, str name) except? -1:
+    if type(value) is int:
+        return value
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}={value!r} must be an integer, not a bool")
     try:
@@ -512,6 +514,9 @@ cdef cnp.ndarray channel_vector(object obj, str name, Py_ssize_t C, int typenum)
     if obj is None:
         return None
     cdef cnp.ndarray arr = obj if type(obj) is np.ndarray else np.asarray(obj)
+    if (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == 1
+            and cnp.PyArray_DIMS(arr)[0] == C and cnp.PyArray_ISCARRAY_RO(arr)):
+        return arr
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name} has dtype {arr.dtype}: expected real numbers")
     if cnp.PyArray_NDIM(arr) != 1 or cnp.PyArray_DIMS(arr)[0] != C:
@@ -567,10 +572,10 @@ cdef cnp.ndarray output_target(object out, cnp.ndarray x, object result, int typ
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     cdef cnp.ndarray o = out
-    if (<object>o).shape != (<object>x).shape:
+    if not cnp.PyArray_SAMESHAPE(o, x):
         raise ValueError(f"out has shape {(<object>o).shape}; expected x's shape "
                          f"{(<object>x).shape}")
-    if o.dtype != result:
+    if cnp.PyArray_TYPE(o) != (<cnp.dtype>result).type_num or not cnp.PyArray_ISNOTSWAPPED(o):
         raise ValueError(f"out has dtype {o.dtype}; expected {result} for this x")
     if not cnp.PyArray_ISWRITEABLE(o):
         raise ValueError("out is read-only")

@@ -35,6 +35,9 @@ SUITE = [
     ("sequence", (4, 128, 1024), 32),
 ]
 QUICK = ["resnet50 stage 1", "sd unet 16x16", "small G=8", "tiny G=8", "sequence"]
+# The memory floor: a forward into a preallocated out= against np.copyto of the same array
+# (each byte read once and written once).
+FLOOR = ("memory floor", (16, 256, 64, 64), 32)
 
 
 def cpu_name():
@@ -65,6 +68,11 @@ def contenders(shape, groups, dtype, op, threads, torch, with_reference):
     weight = rng.standard_normal(c).astype(dtype)
     bias = rng.standard_normal(c).astype(dtype)
     calls = {}
+    if op == "floor":
+        out = np.empty_like(x)
+        calls["gncpu"] = lambda: group_norm(x, groups, weight, bias, out=out, num_threads=threads)
+        calls["np.copyto"] = lambda: np.copyto(out, x)
+        return calls
     if op == "forward":
         out = np.empty_like(x)
         calls["gncpu"] = lambda: group_norm(x, groups, weight, bias, out=out, num_threads=threads)
@@ -120,13 +128,13 @@ def geomean(values):
 def run(suite, dtype, ops, thread_counts, rounds, budget, with_reference, progress):
     torch = import_torch()
     rows = []
-    total = len(suite) * len(ops) * len(thread_counts)
+    total = sum(1 if op == "floor" else len(suite) for op in ops) * len(thread_counts)
     done = 0
     for op in ops:
         for threads in thread_counts:
             if torch is not None:
                 torch.set_num_threads(threads)
-            for label, shape, groups in suite:
+            for label, shape, groups in ([FLOOR] if op == "floor" else suite):
                 done += 1
                 if progress:
                     print(f"\r[{done}/{total}] {op} {threads}T {label:20s}", end="",
@@ -171,7 +179,8 @@ def main(argv=None):
     parser.add_argument("--threads", default=None,
                         help="comma-separated thread counts (default: 1 and the OpenMP maximum)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--op", default="both", choices=["forward", "backward", "both"])
+    parser.add_argument("--op", default="all", choices=["forward", "backward", "floor", "all"],
+                        help="floor: forward with out= vs np.copyto on a large tensor")
     parser.add_argument("--quick", action="store_true", help="a few shapes, short timings")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the (slow) NumPy reference")
@@ -190,7 +199,10 @@ def main(argv=None):
         if min(thread_counts) < 1:
             parser.error(f"--threads={args.threads!r}: thread counts must be at least 1")
     suite = [s for s in SUITE if s[0] in QUICK] if args.quick else SUITE
-    ops = ["forward", "backward"] if args.op == "both" else [args.op]
+    if args.op != "all":
+        ops = [args.op]
+    else:
+        ops = ["forward", "backward"] + ([] if args.quick else ["floor"])
     rounds, budget = (5, 0.05) if args.quick else (15, 0.3)
     torch = import_torch()
     print(f"gncpu {info['simd']}, OpenMP {'on' if info['openmp'] else 'off'}; "
