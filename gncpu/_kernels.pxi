@@ -5,17 +5,23 @@
 # `_kernels_x86_64_v3.pyx` with AVX2/FMA/F16C; `gncpu/__init__.py` imports the one this
 # CPU can run. Both include this file, so there is a single source of truth.
 #
-# Shapes: x is read as (N, C, S) with S = prod(spatial) and unit stride along S; channel
-# c belongs to group g = c // Cg with Cg = C / G. Statistics are per (n, g) "pair",
-# numbered p = n * G + g.
+# Shapes: x is read as (N, C, S) with S = prod(spatial). Channels-first arrays (NCHW) have
+# unit stride along S; channels-last arrays (NHWC) have unit stride along C and are walked
+# as S rows of C channels. Channel c belongs to group g = c // Cg with Cg = C / G.
+# Statistics are per (n, g) "pair", numbered p = n * G + g.
 #
-# Determinism: a group's elements are cut into fixed chunks of at most CHUNK elements that
-# depend only on (Cg, S) and on whether the group is one contiguous run. Chunk moments are
-# merged in a fixed order. Which thread computes a chunk never changes the arithmetic, so
-# outputs are bitwise identical for any thread count and for a sample alone or in a batch.
+# Data pointers are char* with a storage kind (float32, float64, float16, bfloat16); the
+# arithmetic runs in the fused compute type `real` (float for all but float64). The
+# innermost loops are in _simd.h.
+#
+# Determinism: a group's elements are cut into fixed chunks that depend only on the shape,
+# layout and options, never on N or the thread count; chunk results are merged in a fixed
+# order. Which thread computes a chunk never changes the arithmetic, so outputs are bitwise
+# identical for any thread count and for a sample alone or in a batch.
 
 from cython.parallel cimport prange
 from libc.math cimport sqrt, NAN
+from libc.stdint cimport uint16_t
 cimport numpy as cnp
 import operator
 import numpy as np
@@ -28,23 +34,107 @@ cdef extern from "_platform.h" nogil:
     int gn_cpu_has_x86_64_v3()
 
 cdef extern from "_simd.h" nogil:
+    enum:
+        GN_ACT_NONE
+        GN_ACT_RELU
+        GN_ACT_SILU
     void gn_chunk_moments_f32(const float* x, Py_ssize_t n, double* mean, double* m2)
     void gn_chunk_moments_f64(const double* x, Py_ssize_t n, double* mean, double* m2)
-    void gn_affine_f32(const float* x, float* y, Py_ssize_t n, float m, float a, float b)
-    void gn_affine_f64(const double* x, double* y, Py_ssize_t n, double m, double a, double b)
-    void gn_grad_sums_f32(const float* dy, const float* x, Py_ssize_t n, float m, double* out)
-    void gn_grad_sums_f64(const double* dy, const double* x, Py_ssize_t n, double m,
-                          double* out)
-    void gn_grad_x_f32(const float* dy, const float* x, float* dx, Py_ssize_t n, float a,
-                       float b, float m, float c)
-    void gn_grad_x_f64(const double* dy, const double* x, double* dx, Py_ssize_t n, double a,
-                       double b, double m, double c)
+    void gn_chunk_moments_f16(const uint16_t* x, Py_ssize_t n, double* mean, double* m2)
+    void gn_chunk_moments_bf16(const uint16_t* x, Py_ssize_t n, double* mean, double* m2)
+    void gn_add_f32(const float* x, const float* r, float* s, Py_ssize_t n)
+    void gn_add_f64(const double* x, const double* r, double* s, Py_ssize_t n)
+    void gn_add_f16(const uint16_t* x, const uint16_t* r, uint16_t* s, Py_ssize_t n)
+    void gn_add_bf16(const uint16_t* x, const uint16_t* r, uint16_t* s, Py_ssize_t n)
+    void gn_affine_f32(const float* x, float* y, Py_ssize_t n, float m, float a, float b, int act)
+    void gn_affine_f64(const double* x, double* y, Py_ssize_t n, double m, double a, double b,
+                       int act)
+    void gn_affine_f16(const uint16_t* x, uint16_t* y, Py_ssize_t n, float m, float a, float b,
+                       int act)
+    void gn_affine_bf16(const uint16_t* x, uint16_t* y, Py_ssize_t n, float m, float a, float b,
+                        int act)
+    void gn_grad_sums_f32(const float* dy, const float* x, Py_ssize_t n, float m, float a,
+                          float b, int act, double* out)
+    void gn_grad_sums_f64(const double* dy, const double* x, Py_ssize_t n, double m, double a,
+                          double b, int act, double* out)
+    void gn_grad_sums_f16(const uint16_t* dy, const uint16_t* x, Py_ssize_t n, float m, float a,
+                          float b, int act, double* out)
+    void gn_grad_sums_bf16(const uint16_t* dy, const uint16_t* x, Py_ssize_t n, float m,
+                           float a, float b, int act, double* out)
+    void gn_grad_x_f32(const float* dy, const float* x, float* dx, Py_ssize_t n, float m,
+                       float a, float b, float c1, float c0, int act)
+    void gn_grad_x_f64(const double* dy, const double* x, double* dx, Py_ssize_t n, double m,
+                       double a, double b, double c1, double c0, int act)
+    void gn_grad_x_f16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t n,
+                       float m, float a, float b, float c1, float c0, int act)
+    void gn_grad_x_bf16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t n,
+                        float m, float a, float b, float c1, float c0, int act)
+    void gn_rows_moments_f32(const float* x, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t stride,
+                             double* mean, double* m2)
+    void gn_rows_moments_f64(const double* x, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t stride,
+                             double* mean, double* m2)
+    void gn_rows_moments_f16(const uint16_t* x, Py_ssize_t rows, Py_ssize_t C,
+                             Py_ssize_t stride, double* mean, double* m2)
+    void gn_rows_moments_bf16(const uint16_t* x, Py_ssize_t rows, Py_ssize_t C,
+                              Py_ssize_t stride, double* mean, double* m2)
+    void gn_rows_affine_f32(const float* x, float* y, Py_ssize_t rows, Py_ssize_t C,
+                            Py_ssize_t xs, Py_ssize_t ys, const float* m, const float* a,
+                            const float* b, int act)
+    void gn_rows_affine_f64(const double* x, double* y, Py_ssize_t rows, Py_ssize_t C,
+                            Py_ssize_t xs, Py_ssize_t ys, const double* m, const double* a,
+                            const double* b, int act)
+    void gn_rows_affine_f16(const uint16_t* x, uint16_t* y, Py_ssize_t rows, Py_ssize_t C,
+                            Py_ssize_t xs, Py_ssize_t ys, const float* m, const float* a,
+                            const float* b, int act)
+    void gn_rows_affine_bf16(const uint16_t* x, uint16_t* y, Py_ssize_t rows, Py_ssize_t C,
+                             Py_ssize_t xs, Py_ssize_t ys, const float* m, const float* a,
+                             const float* b, int act)
+    void gn_rows_grad_sums_f32(const float* dy, const float* x, Py_ssize_t rows, Py_ssize_t C,
+                               Py_ssize_t dys, Py_ssize_t xs, const float* m, const float* a,
+                               const float* b, int act, double* db, double* ds)
+    void gn_rows_grad_sums_f64(const double* dy, const double* x, Py_ssize_t rows,
+                               Py_ssize_t C, Py_ssize_t dys, Py_ssize_t xs, const double* m,
+                               const double* a, const double* b, int act, double* db,
+                               double* ds)
+    void gn_rows_grad_sums_f16(const uint16_t* dy, const uint16_t* x, Py_ssize_t rows,
+                               Py_ssize_t C, Py_ssize_t dys, Py_ssize_t xs, const float* m,
+                               const float* a, const float* b, int act, double* db,
+                               double* ds)
+    void gn_rows_grad_sums_bf16(const uint16_t* dy, const uint16_t* x, Py_ssize_t rows,
+                                Py_ssize_t C, Py_ssize_t dys, Py_ssize_t xs, const float* m,
+                                const float* a, const float* b, int act, double* db,
+                                double* ds)
+    void gn_rows_grad_x_f32(const float* dy, const float* x, float* dx, Py_ssize_t rows,
+                            Py_ssize_t C, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs,
+                            const float* m, const float* a, const float* b, const float* c1,
+                            const float* c0, int act)
+    void gn_rows_grad_x_f64(const double* dy, const double* x, double* dx, Py_ssize_t rows,
+                            Py_ssize_t C, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs,
+                            const double* m, const double* a, const double* b,
+                            const double* c1, const double* c0, int act)
+    void gn_rows_grad_x_f16(const uint16_t* dy, const uint16_t* x, uint16_t* dx,
+                            Py_ssize_t rows, Py_ssize_t C, Py_ssize_t dys, Py_ssize_t xs,
+                            Py_ssize_t dxs, const float* m, const float* a, const float* b,
+                            const float* c1, const float* c0, int act)
+    void gn_rows_grad_x_bf16(const uint16_t* dy, const uint16_t* x, uint16_t* dx,
+                             Py_ssize_t rows, Py_ssize_t C, Py_ssize_t dys, Py_ssize_t xs,
+                             Py_ssize_t dxs, const float* m, const float* a, const float* b,
+                             const float* c1, const float* c0, int act)
 
 cdef enum:
-    # Elements per chunk: small enough that a chunk stays in L1 between its two passes.
+    # Elements per chunk (channels-first): a chunk is one vectorized pass.
     CHUNK = 2048
+    # Rows per chunk (channels-last).
+    ROW_CHUNK = 64
     # Below this many elements per thread, waking another thread costs more than it saves.
     MIN_WORK_PER_THREAD = 32768
+
+# Storage kinds of the data arrays.
+cdef enum:
+    ST_F32
+    ST_F64
+    ST_F16
+    ST_BF16
 
 
 ctypedef fused real:
@@ -56,20 +146,6 @@ cdef struct Moments:
     double n        # element count
     double mean
     double m2       # sum of squared deviations from the mean
-
-
-# ---------------------------------------------------------------------------------------
-# Statistics
-
-
-cdef inline void chunk_moments(const real* x, Py_ssize_t n, Moments* out) noexcept nogil:
-    """Moments of x[0:n], n <= CHUNK, by the corrected two-pass algorithm (_simd.h):
-    m = sum(x) / n;  d = x - m;  mean = m + sum(d) / n;  M2 = sum(d^2) - sum(d)^2 / n."""
-    out.n = <double>n
-    if real is float:
-        gn_chunk_moments_f32(x, n, &out.mean, &out.m2)
-    else:
-        gn_chunk_moments_f64(x, n, &out.mean, &out.m2)
 
 
 cdef inline void merge_moments(Moments* a, const Moments* b) noexcept nogil:
@@ -88,85 +164,6 @@ cdef inline void merge_moments(Moments* a, const Moments* b) noexcept nogil:
     a.n = n
 
 
-# ---------------------------------------------------------------------------------------
-# Geometry: how a pair of x is cut into rows (contiguous runs) and chunks.
-
-
-cdef struct Layout:
-    Py_ssize_t N, C, S, G, Cg
-    Py_ssize_t xsN, xsC         # element strides of x along N and C (S has stride 1)
-    Py_ssize_t ysN, ysC         # same for the output (y or grad_x)
-    Py_ssize_t dsN, dsC         # same for grad_out (backward only)
-    Py_ssize_t rows             # runs per group: 1 if the group is contiguous, else Cg
-    Py_ssize_t row_len          # Cg * S if contiguous, else S
-    Py_ssize_t row_chunks       # ceil(row_len / CHUNK)
-
-
-cdef Layout make_layout(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t G,
-                        Py_ssize_t xsN, Py_ssize_t xsC, bint per_channel) noexcept:
-    """Rows are whole groups when x's group is one contiguous run (and the kernel does not
-    need per-channel sums), else channels."""
-    cdef Layout L
-    L.N = N; L.C = C; L.S = S; L.G = G; L.Cg = C // G
-    L.xsN = xsN; L.xsC = xsC
-    L.ysN = 0; L.ysC = 0; L.dsN = 0; L.dsC = 0
-    if (xsC == S or L.Cg == 1) and not per_channel:
-        L.rows = 1
-        L.row_len = L.Cg * S
-    else:
-        L.rows = L.Cg
-        L.row_len = S
-    L.row_chunks = (L.row_len + CHUNK - 1) // CHUNK
-    return L
-
-
-cdef inline void pair_chunk_moments(const real* x, const Layout* L, Py_ssize_t p,
-                                    Py_ssize_t k, Moments* out) noexcept nogil:
-    """Moments of chunk k (row-major over rows, then chunks) of pair p."""
-    cdef Py_ssize_t r = k // L.row_chunks
-    cdef Py_ssize_t start = (k % L.row_chunks) * CHUNK
-    chunk_moments(x + (p // L.G) * L.xsN + ((p % L.G) * L.Cg + r) * L.xsC + start,
-                  min(CHUNK, L.row_len - start), out)
-
-
-# ---------------------------------------------------------------------------------------
-# Forward
-
-
-cdef inline void affine_segment(const real* x, real* y, Py_ssize_t n, real m, real a,
-                                real b) noexcept nogil:
-    """y = (x - m) * a + b over n contiguous elements (_simd.h)."""
-    if real is float:
-        gn_affine_f32(x, y, n, m, a, b)
-    else:
-        gn_affine_f64(x, y, n, m, a, b)
-
-
-cdef inline void normalize_span(const real* x, real* y, const Layout* L, Py_ssize_t p,
-                                Py_ssize_t r, Py_ssize_t start, Py_ssize_t n,
-                                const real* mean, const real* rstd,
-                                const real* weight, const real* bias) noexcept nogil:
-    """Write y for elements [start, start + n) of row r of pair p.
-
-    Per channel c: a_c = weight_c * rstd and y = (x - mean) * a_c + bias_c. Centring
-    before scaling keeps full precision when |mean| >> std, and gives exactly bias_c for
-    a constant group. A contiguous row crosses channel boundaries every S elements.
-    """
-    cdef Py_ssize_t n_idx = p // L.G
-    cdef Py_ssize_t c = (p % L.G) * L.Cg + (start // L.S if L.rows == 1 else r)
-    cdef Py_ssize_t s = start % L.S if L.rows == 1 else start
-    cdef Py_ssize_t seg
-    cdef real a
-    while n > 0:
-        seg = min(n, L.S - s)
-        a = <real>((1.0 if weight == NULL else <double>weight[c]) * <double>rstd[p])
-        affine_segment(x + n_idx * L.xsN + c * L.xsC + s, y + n_idx * L.ysN + c * L.ysC + s,
-                       seg, mean[p], a, 0 if bias == NULL else bias[c])
-        n -= seg
-        c += 1
-        s = 0
-
-
 cdef inline void finish_stats(const Moments* m, double eps, Py_ssize_t p,
                               real* mean, real* rstd) noexcept nogil:
     """mean and rstd = 1 / sqrt(M2 / n + eps) of pair p from its merged moments."""
@@ -178,45 +175,266 @@ cdef inline void finish_stats(const Moments* m, double eps, Py_ssize_t p,
         rstd[p] = <real>(1.0 / sqrt(m.m2 / m.n + eps))
 
 
-cdef void forward_pair(const real* x, real* y, const Layout* L, Py_ssize_t p, double eps,
-                       const real* weight, const real* bias,
+# ---------------------------------------------------------------------------------------
+# Layout: where element (n, c, s) of each array lives, and how work is cut into chunks.
+
+
+cdef struct Layout:
+    Py_ssize_t N, C, S, G, Cg
+    int st                      # storage kind of x, y, grad_out, residual
+    Py_ssize_t item             # bytes per element
+    bint last                   # channels-last: unit stride along C; else along S
+    int act                     # GN_ACT_*
+    # Element strides along N and along the non-unit axis (C, or S when channels-last) of
+    # x, the output (y or grad_x), grad_out, the residual and the sum x + residual.
+    Py_ssize_t xsN, xs, ysN, ys, dsN, ds, rsN, rs, ssN, ss
+    # Channels-first: a pair is `rows` runs of `row_len` contiguous elements (one run when
+    # the group is contiguous and whole-group runs are allowed, else one per channel).
+    # Channels-last: a sample is cut into row chunks of ROW_CHUNK rows.
+    Py_ssize_t rows, row_len, row_chunks
+
+
+cdef Layout make_layout(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t G, int st,
+                        Py_ssize_t item, bint last, int act, Py_ssize_t xsN, Py_ssize_t xs,
+                        bint whole_groups) noexcept:
+    cdef Layout L
+    L.N = N; L.C = C; L.S = S; L.G = G; L.Cg = C // G
+    L.st = st; L.item = item; L.last = last; L.act = act
+    L.xsN = xsN; L.xs = xs
+    L.ysN = 0; L.ys = 0; L.dsN = 0; L.ds = 0; L.rsN = 0; L.rs = 0; L.ssN = 0; L.ss = 0
+    if last:
+        L.rows = S
+        L.row_len = C
+        L.row_chunks = (S + ROW_CHUNK - 1) // ROW_CHUNK
+    else:
+        if whole_groups and (xs == S or L.Cg == 1):
+            L.rows = 1
+            L.row_len = L.Cg * S
+        else:
+            L.rows = L.Cg
+            L.row_len = S
+        L.row_chunks = (L.row_len + CHUNK - 1) // CHUNK
+    return L
+
+
+cdef inline char* at(const char* base, Py_ssize_t elements, const Layout* L) noexcept nogil:
+    return <char*>base + elements * L.item
+
+
+# ---------------------------------------------------------------------------------------
+# Storage-dispatching wrappers of the _simd.h loops.
+
+
+cdef inline void moments(const char* x, Py_ssize_t n, const Layout* L, Moments* out) noexcept nogil:
+    out.n = <double>n
+    if L.st == ST_F32:
+        gn_chunk_moments_f32(<const float*>x, n, &out.mean, &out.m2)
+    elif L.st == ST_F64:
+        gn_chunk_moments_f64(<const double*>x, n, &out.mean, &out.m2)
+    elif L.st == ST_F16:
+        gn_chunk_moments_f16(<const uint16_t*>x, n, &out.mean, &out.m2)
+    else:
+        gn_chunk_moments_bf16(<const uint16_t*>x, n, &out.mean, &out.m2)
+
+
+cdef inline void add(const char* x, const char* r, char* s, Py_ssize_t n, const Layout* L) noexcept nogil:
+    if L.st == ST_F32:
+        gn_add_f32(<const float*>x, <const float*>r, <float*>s, n)
+    elif L.st == ST_F64:
+        gn_add_f64(<const double*>x, <const double*>r, <double*>s, n)
+    elif L.st == ST_F16:
+        gn_add_f16(<const uint16_t*>x, <const uint16_t*>r, <uint16_t*>s, n)
+    else:
+        gn_add_bf16(<const uint16_t*>x, <const uint16_t*>r, <uint16_t*>s, n)
+
+
+cdef inline void affine(const char* x, char* y, Py_ssize_t n, const Layout* L, real m, real a,
+                        real b) noexcept nogil:
+    """y = act((x - m) * a + b) over n contiguous elements."""
+    if real is double:
+        gn_affine_f64(<const double*>x, <double*>y, n, m, a, b, L.act)
+    elif L.st == ST_F32:
+        gn_affine_f32(<const float*>x, <float*>y, n, m, a, b, L.act)
+    elif L.st == ST_F16:
+        gn_affine_f16(<const uint16_t*>x, <uint16_t*>y, n, m, a, b, L.act)
+    else:
+        gn_affine_bf16(<const uint16_t*>x, <uint16_t*>y, n, m, a, b, L.act)
+
+
+cdef inline void grad_sums(const char* dy, const char* x, Py_ssize_t n, const Layout* L,
+                           real m, real a, real b, double* out) noexcept nogil:
+    """out = [sum(g), sum(g * (x - m))], g = dy * act'((x - m) * a + b)."""
+    if real is double:
+        gn_grad_sums_f64(<const double*>dy, <const double*>x, n, m, a, b, L.act, out)
+    elif L.st == ST_F32:
+        gn_grad_sums_f32(<const float*>dy, <const float*>x, n, m, a, b, L.act, out)
+    elif L.st == ST_F16:
+        gn_grad_sums_f16(<const uint16_t*>dy, <const uint16_t*>x, n, m, a, b, L.act, out)
+    else:
+        gn_grad_sums_bf16(<const uint16_t*>dy, <const uint16_t*>x, n, m, a, b, L.act, out)
+
+
+cdef inline void grad_x(const char* dy, const char* x, char* dx, Py_ssize_t n, const Layout* L,
+                        real m, real a, real b, real c1, real c0) noexcept nogil:
+    """dx = a * g + (c1 * (x - m) + c0)."""
+    if real is double:
+        gn_grad_x_f64(<const double*>dy, <const double*>x, <double*>dx, n, m, a, b, c1, c0,
+                      L.act)
+    elif L.st == ST_F32:
+        gn_grad_x_f32(<const float*>dy, <const float*>x, <float*>dx, n, m, a, b, c1, c0, L.act)
+    elif L.st == ST_F16:
+        gn_grad_x_f16(<const uint16_t*>dy, <const uint16_t*>x, <uint16_t*>dx, n, m, a, b, c1,
+                      c0, L.act)
+    else:
+        gn_grad_x_bf16(<const uint16_t*>dy, <const uint16_t*>x, <uint16_t*>dx, n, m, a, b, c1,
+                       c0, L.act)
+
+
+cdef inline void rows_moments(const char* x, Py_ssize_t rows, Py_ssize_t stride,
+                              const Layout* L, double* mean, double* m2) noexcept nogil:
+    if L.st == ST_F32:
+        gn_rows_moments_f32(<const float*>x, rows, L.C, stride, mean, m2)
+    elif L.st == ST_F64:
+        gn_rows_moments_f64(<const double*>x, rows, L.C, stride, mean, m2)
+    elif L.st == ST_F16:
+        gn_rows_moments_f16(<const uint16_t*>x, rows, L.C, stride, mean, m2)
+    else:
+        gn_rows_moments_bf16(<const uint16_t*>x, rows, L.C, stride, mean, m2)
+
+
+cdef inline void rows_affine(const char* x, char* y, Py_ssize_t rows, Py_ssize_t xs,
+                             Py_ssize_t ys, const Layout* L, const real* m, const real* a,
+                             const real* b) noexcept nogil:
+    if real is double:
+        gn_rows_affine_f64(<const double*>x, <double*>y, rows, L.C, xs, ys, m, a, b, L.act)
+    elif L.st == ST_F32:
+        gn_rows_affine_f32(<const float*>x, <float*>y, rows, L.C, xs, ys, m, a, b, L.act)
+    elif L.st == ST_F16:
+        gn_rows_affine_f16(<const uint16_t*>x, <uint16_t*>y, rows, L.C, xs, ys, m, a, b, L.act)
+    else:
+        gn_rows_affine_bf16(<const uint16_t*>x, <uint16_t*>y, rows, L.C, xs, ys, m, a, b,
+                            L.act)
+
+
+cdef inline void rows_grad_sums(const char* dy, const char* x, Py_ssize_t rows,
+                                const Layout* L, const real* m, const real* a, const real* b,
+                                double* db, double* ds) noexcept nogil:
+    if real is double:
+        gn_rows_grad_sums_f64(<const double*>dy, <const double*>x, rows, L.C, L.ds, L.xs, m, a,
+                              b, L.act, db, ds)
+    elif L.st == ST_F32:
+        gn_rows_grad_sums_f32(<const float*>dy, <const float*>x, rows, L.C, L.ds, L.xs, m, a, b,
+                              L.act, db, ds)
+    elif L.st == ST_F16:
+        gn_rows_grad_sums_f16(<const uint16_t*>dy, <const uint16_t*>x, rows, L.C, L.ds, L.xs,
+                              m, a, b, L.act, db, ds)
+    else:
+        gn_rows_grad_sums_bf16(<const uint16_t*>dy, <const uint16_t*>x, rows, L.C, L.ds, L.xs,
+                               m, a, b, L.act, db, ds)
+
+
+cdef inline void rows_grad_x(const char* dy, const char* x, char* dx, Py_ssize_t rows,
+                             const Layout* L, const real* m, const real* a, const real* b,
+                             const real* c1, const real* c0) noexcept nogil:
+    if real is double:
+        gn_rows_grad_x_f64(<const double*>dy, <const double*>x, <double*>dx, rows, L.C, L.ds,
+                           L.xs, L.ys, m, a, b, c1, c0, L.act)
+    elif L.st == ST_F32:
+        gn_rows_grad_x_f32(<const float*>dy, <const float*>x, <float*>dx, rows, L.C, L.ds, L.xs,
+                           L.ys, m, a, b, c1, c0, L.act)
+    elif L.st == ST_F16:
+        gn_rows_grad_x_f16(<const uint16_t*>dy, <const uint16_t*>x, <uint16_t*>dx, rows, L.C,
+                           L.ds, L.xs, L.ys, m, a, b, c1, c0, L.act)
+    else:
+        gn_rows_grad_x_bf16(<const uint16_t*>dy, <const uint16_t*>x, <uint16_t*>dx, rows, L.C,
+                            L.ds, L.xs, L.ys, m, a, b, c1, c0, L.act)
+
+
+# ---------------------------------------------------------------------------------------
+# Forward, channels-first. With a residual, the sum s = x + residual is written (to the
+# output or to residual_out) as its chunks' moments are taken, then normalized from there.
+
+
+cdef inline void pair_chunk_moments(const char* x, const char* res, char* s, const Layout* L,
+                                    Py_ssize_t p, Py_ssize_t k, Moments* out) noexcept nogil:
+    """Moments of chunk k (row-major over rows, then chunks) of pair p (of x + res)."""
+    cdef Py_ssize_t r = k // L.row_chunks
+    cdef Py_ssize_t start = (k % L.row_chunks) * CHUNK
+    cdef Py_ssize_t n = min(CHUNK, L.row_len - start)
+    cdef Py_ssize_t c = (p % L.G) * L.Cg + r, i = p // L.G
+    cdef char* sp
+    if res == NULL:
+        moments(at(x, i * L.xsN + c * L.xs + start, L), n, L, out)
+    else:
+        sp = at(s, i * L.ssN + c * L.ss + start, L)
+        add(at(x, i * L.xsN + c * L.xs + start, L), at(res, i * L.rsN + c * L.rs + start, L),
+            sp, n, L)
+        moments(sp, n, L, out)
+
+
+cdef inline void normalize_span(const char* src, Py_ssize_t srcN, Py_ssize_t srcC, char* y,
+                                const Layout* L, Py_ssize_t p, Py_ssize_t r, Py_ssize_t start,
+                                Py_ssize_t n, const real* mean, const real* rstd,
+                                const real* weight, const real* bias) noexcept nogil:
+    """Write y for elements [start, start + n) of row r of pair p, read from src (x, or
+    the sum x + residual) with strides srcN, srcC.
+
+    Per channel c: a_c = weight_c * rstd and y = act((x - mean) * a_c + bias_c). Centring
+    before scaling keeps full precision when |mean| >> std, and gives exactly bias_c for
+    a constant group. A contiguous row crosses channel boundaries every S elements.
+    """
+    cdef Py_ssize_t i = p // L.G
+    cdef Py_ssize_t c = (p % L.G) * L.Cg + (start // L.S if L.rows == 1 else r)
+    cdef Py_ssize_t s = start % L.S if L.rows == 1 else start
+    cdef Py_ssize_t seg
+    cdef real a
+    while n > 0:
+        seg = min(n, L.S - s)
+        a = <real>((1.0 if weight == NULL else <double>weight[c]) * <double>rstd[p])
+        affine(at(src, i * srcN + c * srcC + s, L), at(y, i * L.ysN + c * L.ys + s, L), seg, L,
+               mean[p], a, 0 if bias == NULL else bias[c])
+        n -= seg
+        c += 1
+        s = 0
+
+
+cdef void forward_pair(const char* x, const char* res, char* s, char* y, const Layout* L,
+                       Py_ssize_t p, double eps, const real* weight, const real* bias,
                        real* mean, real* rstd) noexcept nogil:
     """Pair p: its statistics, then its outputs while its data is still in cache."""
     cdef Py_ssize_t k, r
     cdef Moments total, part
     total.n = 0; total.mean = 0; total.m2 = 0
     for k in range(L.rows * L.row_chunks):
-        pair_chunk_moments(x, L, p, k, &part)
+        pair_chunk_moments(x, res, s, L, p, k, &part)
         merge_moments(&total, &part)
     finish_stats(&total, eps, p, mean, rstd)
     for r in range(L.rows):
-        normalize_span(x, y, L, p, r, 0, L.row_len, mean, rstd, weight, bias)
+        if res == NULL:
+            normalize_span(x, L.xsN, L.xs, y, L, p, r, 0, L.row_len, mean, rstd, weight, bias)
+        else:
+            normalize_span(s, L.ssN, L.ss, y, L, p, r, 0, L.row_len, mean, rstd, weight, bias)
 
 
-cdef void forward_fused(const real* x, real* y, const Layout* L, double eps,
-                        const real* weight, const real* bias,
-                        real* mean, real* rstd, int threads) noexcept nogil:
-    """One task per pair."""
-    cdef Py_ssize_t p
-    if threads == 1:
-        for p in range(L.N * L.G):
-            forward_pair(x, y, L, p, eps, weight, bias, mean, rstd)
-    else:
-        for p in prange(L.N * L.G, schedule='static', num_threads=threads):
-            forward_pair(x, y, L, p, eps, weight, bias, mean, rstd)
-
-
-cdef void forward_split(const real* x, real* y, const Layout* L, double eps,
-                        const real* weight, const real* bias,
-                        real* mean, real* rstd, Moments* parts, int threads) noexcept nogil:
-    """Few pairs, many threads: chunk moments in parallel, merged per pair in the same
-    order as forward_pair, then outputs in parallel over chunks."""
+cdef void forward_nchw(const char* x, const char* res, char* s, char* y, const Layout* L,
+                       double eps, const real* weight, const real* bias, real* mean,
+                       real* rstd, Moments* parts, int threads) noexcept nogil:
+    """One task per pair; or, with few pairs for the threads (parts != NULL), chunk moments
+    in parallel, merged per pair in forward_pair's order, then outputs in parallel."""
     cdef Py_ssize_t i, p, k, start
     cdef Py_ssize_t chunks = L.rows * L.row_chunks
     cdef Py_ssize_t items = L.N * L.G * chunks
     cdef Moments total
+    if parts == NULL:
+        if threads == 1:
+            for p in range(L.N * L.G):
+                forward_pair(x, res, s, y, L, p, eps, weight, bias, mean, rstd)
+        else:
+            for p in prange(L.N * L.G, schedule='static', num_threads=threads):
+                forward_pair(x, res, s, y, L, p, eps, weight, bias, mean, rstd)
+        return
     for i in prange(items, schedule='static', num_threads=threads):
-        pair_chunk_moments(x, L, i // chunks, i % chunks, &parts[i])
+        pair_chunk_moments(x, res, s, L, i // chunks, i % chunks, &parts[i])
     for p in range(L.N * L.G):
         total.n = 0; total.mean = 0; total.m2 = 0
         for k in range(chunks):
@@ -224,90 +442,139 @@ cdef void forward_split(const real* x, real* y, const Layout* L, double eps,
         finish_stats(&total, eps, p, mean, rstd)
     for i in prange(items, schedule='static', num_threads=threads):
         start = (i % L.row_chunks) * CHUNK
-        normalize_span(x, y, L, i // chunks, (i % chunks) // L.row_chunks, start,
-                       min(CHUNK, L.row_len - start), mean, rstd, weight, bias)
+        if res == NULL:
+            normalize_span(x, L.xsN, L.xs, y, L, i // chunks, (i % chunks) // L.row_chunks,
+                           start, min(CHUNK, L.row_len - start), mean, rstd, weight, bias)
+        else:
+            normalize_span(s, L.ssN, L.ss, y, L, i // chunks, (i % chunks) // L.row_chunks,
+                           start, min(CHUNK, L.row_len - start), mean, rstd, weight, bias)
 
 
 # ---------------------------------------------------------------------------------------
-# Backward. Rows are always channels here (per-channel sums feed grad_weight).
+# Forward, channels-last. Per sample: per-channel moments of each row chunk (channels in
+# vector lanes), merged per channel over chunks, then over the channels of each group, in
+# order; then per-channel coefficient vectors (m, a, b) and one pass over the rows.
 
 
-cdef inline void channel_grad_chunk(const real* dy, const real* x, Py_ssize_t n, real m,
-                                    double* out) noexcept nogil:
-    """out = [sum(dy), sum(dy * (x - m))] over n <= CHUNK contiguous elements (_simd.h)."""
-    if real is float:
-        gn_grad_sums_f32(dy, x, n, m, out)
-    else:
-        gn_grad_sums_f64(dy, x, n, m, out)
+cdef inline void row_chunk_moments(const char* x, const char* res, char* s, const Layout* L,
+                                   Py_ssize_t i, Py_ssize_t j, double* out) noexcept nogil:
+    """Per-channel (mean, M2) of row chunk j of sample i, as out[0:C], out[C:2C]."""
+    cdef Py_ssize_t r0 = j * ROW_CHUNK, rows = min(ROW_CHUNK, L.S - j * ROW_CHUNK), r
+    cdef char* sp
+    if res == NULL:
+        rows_moments(at(x, i * L.xsN + r0 * L.xs, L), rows, L.xs, L, out, out + L.C)
+        return
+    for r in range(r0, r0 + rows):
+        add(at(x, i * L.xsN + r * L.xs, L), at(res, i * L.rsN + r * L.rs, L),
+            at(s, i * L.ssN + r * L.ss, L), L.C, L)
+    rows_moments(at(s, i * L.ssN + r0 * L.ss, L), rows, L.ss, L, out, out + L.C)
 
 
-cdef inline void grad_x_segment(const real* dy, const real* x, real* dx, Py_ssize_t n,
-                                real a, real b, real m, real c) noexcept nogil:
-    """dx = a * dy + (b * (x - m) + c) over n contiguous elements (_simd.h)."""
-    if real is float:
-        gn_grad_x_f32(dy, x, dx, n, a, b, m, c)
-    else:
-        gn_grad_x_f64(dy, x, dx, n, a, b, m, c)
+cdef void sample_stats_nhwc(const Layout* L, Py_ssize_t i, const double* parts, double eps,
+                            double* chan, real* mean, real* rstd) noexcept nogil:
+    """Group statistics of sample i from its row chunks' per-channel moments
+    parts[j * 2C : (j + 1) * 2C], merged per channel in chunk order, then per group in
+    channel order. chan: scratch of 3C doubles."""
+    cdef Py_ssize_t j, c, g, rows
+    cdef Moments run, part
+    for c in range(L.C):
+        run.n = 0; run.mean = 0; run.m2 = 0
+        for j in range(L.row_chunks):
+            rows = min(ROW_CHUNK, L.S - j * ROW_CHUNK)
+            part.n = <double>rows
+            part.mean = parts[j * 2 * L.C + c]
+            part.m2 = parts[j * 2 * L.C + L.C + c]
+            merge_moments(&run, &part)
+        chan[3 * c] = run.n; chan[3 * c + 1] = run.mean; chan[3 * c + 2] = run.m2
+    for g in range(L.G):
+        run.n = 0; run.mean = 0; run.m2 = 0
+        for c in range(g * L.Cg, (g + 1) * L.Cg):
+            merge_moments(&run, <Moments*>&chan[3 * c])
+        finish_stats(&run, eps, i * L.G + g, mean, rstd)
 
 
-cdef inline void channel_grad_sums(const real* dy, const real* x, Py_ssize_t S, real m,
-                                   double* db, double* ds) noexcept nogil:
-    """db = sum(dy), ds = sum(dy * (x - m)) over one channel: chunk sums added in order."""
-    cdef Py_ssize_t start = 0
-    cdef double part[2]
-    cdef double a = 0, b = 0
-    while start < S:
-        channel_grad_chunk(dy + start, x + start, min(CHUNK, S - start), m, part)
-        a = a + part[0]
-        b = b + part[1]
-        start += CHUNK
-    db[0] = a
-    ds[0] = b
+cdef void channel_coefficients(const Layout* L, Py_ssize_t i, const real* mean,
+                               const real* rstd, const real* weight, const real* bias,
+                               real* m, real* a, real* b) noexcept nogil:
+    """Per channel c of sample i: m = mean_g, a = weight_c * rstd_g, b = bias_c."""
+    cdef Py_ssize_t c, p
+    for c in range(L.C):
+        p = i * L.G + c // L.Cg
+        m[c] = mean[p]
+        a[c] = <real>((1.0 if weight == NULL else <double>weight[c]) * <double>rstd[p])
+        b[c] = 0 if bias == NULL else bias[c]
 
 
-cdef inline void grad_chunk_sums(const real* dy, const real* x, const Layout* L,
-                                 const real* mean, Py_ssize_t i, double* out) noexcept nogil:
-    """Partial sums of chunk i = (n * C + c) * row_chunks + j (see channel_grad_chunk)."""
-    cdef Py_ssize_t nc = i // L.row_chunks
-    cdef Py_ssize_t n = nc // L.C, c = nc % L.C
-    cdef Py_ssize_t start = (i % L.row_chunks) * CHUNK
-    channel_grad_chunk(dy + n * L.dsN + c * L.dsC + start, x + n * L.xsN + c * L.xsC + start,
-                       min(CHUNK, L.S - start), mean[n * L.G + c // L.Cg], out)
-
-
-cdef inline void grad_x_chunk(const real* dy, const real* x, real* dx, const Layout* L,
-                              const real* mean, const real* rstd, const real* weight,
-                              const double* terms, Py_ssize_t i) noexcept nogil:
-    """grad_x for chunk i (numbered as in grad_chunk_sums)."""
-    cdef Py_ssize_t nc = i // L.row_chunks
-    cdef Py_ssize_t n = nc // L.C, c = nc % L.C
-    cdef Py_ssize_t p = n * L.G + c // L.Cg
-    cdef Py_ssize_t start = (i % L.row_chunks) * CHUNK
-    cdef double a = <double>rstd[p] * (1.0 if weight == NULL else <double>weight[c])
-    grad_x_segment(dy + n * L.dsN + c * L.dsC + start, x + n * L.xsN + c * L.xsC + start,
-                   dx + n * L.ysN + c * L.ysC + start, min(CHUNK, L.S - start),
-                   <real>a, <real>terms[2 * p], mean[p], <real>terms[2 * p + 1])
-
-
-cdef inline void channel_sums(const double* parts, Py_ssize_t chunks, Py_ssize_t nc,
-                              double* db, double* ds) noexcept nogil:
-    """db[nc], ds[nc]: the chunk partial sums of channel nc added in chunk order."""
+cdef void forward_sample_nhwc(const char* x, const char* res, char* s, char* y, const Layout* L,
+                              Py_ssize_t i, double eps, const real* weight, const real* bias,
+                              real* mean, real* rstd, double* parts, double* chan,
+                              real* coef) noexcept nogil:
+    """Sample i: chunk moments, group statistics, then its outputs."""
     cdef Py_ssize_t j
-    cdef double a = 0, b = 0
-    for j in range(chunks):
-        a = a + parts[2 * (nc * chunks + j)]
-        b = b + parts[2 * (nc * chunks + j) + 1]
-    db[nc] = a
-    ds[nc] = b
+    for j in range(L.row_chunks):
+        row_chunk_moments(x, res, s, L, i, j, parts + j * 2 * L.C)
+    sample_stats_nhwc(L, i, parts, eps, chan, mean, rstd)
+    channel_coefficients(L, i, mean, rstd, weight, bias, coef, coef + L.C, coef + 2 * L.C)
+    if res == NULL:
+        rows_affine(at(x, i * L.xsN, L), at(y, i * L.ysN, L), L.S, L.xs, L.ys, L, coef,
+                    coef + L.C, coef + 2 * L.C)
+    else:
+        rows_affine(at(s, i * L.ssN, L), at(y, i * L.ysN, L), L.S, L.ss, L.ys, L, coef,
+                    coef + L.C, coef + 2 * L.C)
 
 
-cdef inline void group_terms(const Layout* L, Py_ssize_t p, const real* rstd,
-                             const real* weight, const double* db, const double* ds,
-                             double* terms) noexcept nogil:
-    """For pair p with M = Cg * S elements and dxhat = weight_c * dy:
-    m1 = sum(dxhat) / M,  m2 = sum(dxhat * xhat) / M = rstd * sum_c weight_c ds_c / M;
-    grad_x = rstd * (dxhat - m1 - xhat * m2) = a_c * dy + b * (x - mean) + c with
-    b = -rstd^2 * m2 and c = -rstd * m1, stored as terms[2p], terms[2p + 1]."""
+cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const Layout* L,
+                       double eps, const real* weight, const real* bias, real* mean,
+                       real* rstd, double* parts, double* chan, real* coef, bint split,
+                       int threads) noexcept nogil:
+    """One task per sample (scratch per sample); or, split, row chunks in parallel.
+    parts: N * row_chunks * 2C doubles; chan: N * 3C doubles; coef: N * 3C reals."""
+    cdef Py_ssize_t i, j, r0
+    cdef Py_ssize_t items = L.N * L.row_chunks, per = 2 * L.C * L.row_chunks
+    if not split:
+        if threads == 1:
+            for i in range(L.N):
+                forward_sample_nhwc(x, res, s, y, L, i, eps, weight, bias, mean, rstd,
+                                    parts + i * per, chan + i * 3 * L.C, coef + i * 3 * L.C)
+        else:
+            for i in prange(L.N, schedule='static', num_threads=threads):
+                forward_sample_nhwc(x, res, s, y, L, i, eps, weight, bias, mean, rstd,
+                                    parts + i * per, chan + i * 3 * L.C, coef + i * 3 * L.C)
+        return
+    for j in prange(items, schedule='static', num_threads=threads):
+        row_chunk_moments(x, res, s, L, j // L.row_chunks, j % L.row_chunks,
+                          parts + j * 2 * L.C)
+    for i in range(L.N):
+        sample_stats_nhwc(L, i, parts + i * per, eps, chan, mean, rstd)
+        channel_coefficients(L, i, mean, rstd, weight, bias, coef + i * 3 * L.C,
+                             coef + i * 3 * L.C + L.C, coef + i * 3 * L.C + 2 * L.C)
+    for j in prange(items, schedule='static', num_threads=threads):
+        i = j // L.row_chunks
+        r0 = (j % L.row_chunks) * ROW_CHUNK
+        if res == NULL:
+            rows_affine(at(x, i * L.xsN + r0 * L.xs, L), at(y, i * L.ysN + r0 * L.ys, L),
+                        min(ROW_CHUNK, L.S - r0), L.xs, L.ys, L, coef + i * 3 * L.C,
+                        coef + i * 3 * L.C + L.C, coef + i * 3 * L.C + 2 * L.C)
+        else:
+            rows_affine(at(s, i * L.ssN + r0 * L.ss, L), at(y, i * L.ysN + r0 * L.ys, L),
+                        min(ROW_CHUNK, L.S - r0), L.ss, L.ys, L, coef + i * 3 * L.C,
+                        coef + i * 3 * L.C + L.C, coef + i * 3 * L.C + 2 * L.C)
+
+
+# ---------------------------------------------------------------------------------------
+# Backward. With an activation, g = grad_out * act'(pre) is the gradient reaching the
+# affine, pre = (x - mean) * a_c + bias_c recomputed from x. Per channel:
+# db = sum(g), ds = sum(g * (x - mean)); then per pair, with M = Cg * S, dxhat = w_c g:
+#   m1 = sum(dxhat) / M,  m2 = sum(dxhat * xhat) / M = rstd * sum_c w_c ds_c / M,
+#   grad_x = rstd * (dxhat - m1 - xhat * m2) = a_c g + c1 (x - mean) + c0,
+#   c1 = -rstd^2 m2,  c0 = -rstd m1;
+# grad_weight_c = sum_n rstd ds,  grad_bias_c = sum_n db.
+
+
+cdef inline void pair_terms(const Layout* L, Py_ssize_t p, const real* rstd,
+                            const real* weight, const double* db, const double* ds,
+                            double* terms) noexcept nogil:
+    """terms[2p] = c1, terms[2p + 1] = c0 of pair p (see above)."""
     cdef Py_ssize_t k, c0 = (p % L.G) * L.Cg, nc0 = (p // L.G) * L.C + c0
     cdef double w, s1 = 0, s2 = 0, M = <double>(L.Cg * L.S)
     cdef double r = <double>rstd[p]
@@ -319,60 +586,189 @@ cdef inline void group_terms(const Layout* L, Py_ssize_t p, const real* rstd,
     terms[2 * p + 1] = -r * (s1 / M)
 
 
-cdef void backward_pair(const real* dy, const real* x, real* dx, const Layout* L,
-                        Py_ssize_t p, const real* mean, const real* rstd,
-                        const real* weight, double* db, double* ds,
+cdef inline real scale_of(const Layout* L, Py_ssize_t c, Py_ssize_t p, const real* rstd,
+                          const real* weight) noexcept nogil:
+    """a_c = weight_c * rstd_p, rounded to the compute type as in the forward pass."""
+    return <real>((1.0 if weight == NULL else <double>weight[c]) * <double>rstd[p])
+
+
+cdef inline void channel_chunk_sums(const char* dy, const char* x, const Layout* L,
+                                    Py_ssize_t nc, Py_ssize_t j, const real* mean,
+                                    const real* rstd, const real* weight, const real* bias,
+                                    double* out) noexcept nogil:
+    """grad_sums of chunk j of channel nc = n * C + c (channels-first)."""
+    cdef Py_ssize_t i = nc // L.C, c = nc % L.C, p = i * L.G + c // L.Cg, start = j * CHUNK
+    grad_sums(at(dy, i * L.dsN + c * L.ds + start, L), at(x, i * L.xsN + c * L.xs + start, L),
+              min(CHUNK, L.S - start), L, mean[p], scale_of(L, c, p, rstd, weight),
+              0 if bias == NULL else bias[c], out)
+
+
+cdef inline void channel_chunk_grad_x(const char* dy, const char* x, char* dx,
+                                      const Layout* L, Py_ssize_t nc, Py_ssize_t j,
+                                      Py_ssize_t n, const real* mean, const real* rstd,
+                                      const real* weight, const real* bias,
+                                      const double* terms) noexcept nogil:
+    """grad_x of elements [j * CHUNK, j * CHUNK + n) of channel nc (channels-first)."""
+    cdef Py_ssize_t i = nc // L.C, c = nc % L.C, p = i * L.G + c // L.Cg, start = j * CHUNK
+    grad_x(at(dy, i * L.dsN + c * L.ds + start, L), at(x, i * L.xsN + c * L.xs + start, L),
+           at(dx, i * L.ysN + c * L.ys + start, L), n, L, mean[p],
+           scale_of(L, c, p, rstd, weight), 0 if bias == NULL else bias[c],
+           <real>terms[2 * p], <real>terms[2 * p + 1])
+
+
+cdef void backward_pair(const char* dy, const char* x, char* dx, const Layout* L,
+                        Py_ssize_t p, const real* mean, const real* rstd, const real* weight,
+                        const real* bias, double* db, double* ds,
                         double* terms) noexcept nogil:
-    """Pair p: per-channel sums, the pair's two terms, then grad_x, its data still in cache."""
-    cdef Py_ssize_t n = p // L.G, c0 = (p % L.G) * L.Cg, c
-    cdef Py_ssize_t nc0 = n * L.C + c0
-    cdef real a
-    for c in range(c0, c0 + L.Cg):
-        channel_grad_sums(dy + n * L.dsN + c * L.dsC, x + n * L.xsN + c * L.xsC, L.S, mean[p],
-                          &db[n * L.C + c], &ds[n * L.C + c])
-    group_terms(L, p, rstd, weight, db, ds, terms)
-    for c in range(c0, c0 + L.Cg):
-        a = <real>(<double>rstd[p] * (1.0 if weight == NULL else <double>weight[c]))
-        grad_x_segment(dy + n * L.dsN + c * L.dsC, x + n * L.xsN + c * L.xsC,
-                       dx + n * L.ysN + c * L.ysC, L.S, a, <real>terms[2 * p], mean[p],
-                       <real>terms[2 * p + 1])
+    """Pair p: per-channel sums (chunk sums added in order), the pair's two terms, then
+    grad_x, its data still in cache."""
+    cdef Py_ssize_t nc, j
+    cdef Py_ssize_t nc0 = (p // L.G) * L.C + (p % L.G) * L.Cg
+    cdef double part[2]
+    cdef double a, b
+    for nc in range(nc0, nc0 + L.Cg):
+        a = 0
+        b = 0
+        for j in range(L.row_chunks):
+            channel_chunk_sums(dy, x, L, nc, j, mean, rstd, weight, bias, part)
+            a = a + part[0]
+            b = b + part[1]
+        db[nc] = a
+        ds[nc] = b
+    pair_terms(L, p, rstd, weight, db, ds, terms)
+    for nc in range(nc0, nc0 + L.Cg):
+        channel_chunk_grad_x(dy, x, dx, L, nc, 0, L.S, mean, rstd, weight, bias, terms)
 
 
-cdef void backward_fused(const real* dy, const real* x, real* dx, const Layout* L,
-                         const real* mean, const real* rstd, const real* weight,
-                         double* db, double* ds, double* terms, int threads) noexcept nogil:
-    """One task per pair."""
-    cdef Py_ssize_t p
-    if threads == 1:
-        for p in range(L.N * L.G):
-            backward_pair(dy, x, dx, L, p, mean, rstd, weight, db, ds, terms)
-    else:
-        for p in prange(L.N * L.G, schedule='static', num_threads=threads):
-            backward_pair(dy, x, dx, L, p, mean, rstd, weight, db, ds, terms)
-
-
-cdef void backward_split(const real* dy, const real* x, real* dx, const Layout* L,
-                         const real* mean, const real* rstd, const real* weight,
-                         double* parts, double* db, double* ds, double* terms,
-                         int threads) noexcept nogil:
-    """Few pairs, many threads: the arithmetic of backward_pair, each phase parallel
-    over chunks (parts holds 2 partial sums per chunk)."""
-    cdef Py_ssize_t i, p
+cdef void backward_nchw(const char* dy, const char* x, char* dx, const Layout* L,
+                        const real* mean, const real* rstd, const real* weight,
+                        const real* bias, double* db, double* ds, double* terms,
+                        double* parts, int threads) noexcept nogil:
+    """One task per pair; or, with few pairs for the threads (parts != NULL: 2 sums per
+    chunk), the same arithmetic with each phase parallel over chunks."""
+    cdef Py_ssize_t i, j, p
     cdef Py_ssize_t items = L.N * L.C * L.row_chunks
+    cdef double a, b
+    if parts == NULL:
+        if threads == 1:
+            for p in range(L.N * L.G):
+                backward_pair(dy, x, dx, L, p, mean, rstd, weight, bias, db, ds, terms)
+        else:
+            for p in prange(L.N * L.G, schedule='static', num_threads=threads):
+                backward_pair(dy, x, dx, L, p, mean, rstd, weight, bias, db, ds, terms)
+        return
     for i in prange(items, schedule='static', num_threads=threads):
-        grad_chunk_sums(dy, x, L, mean, i, &parts[2 * i])
+        channel_chunk_sums(dy, x, L, i // L.row_chunks, i % L.row_chunks, mean, rstd, weight,
+                           bias, &parts[2 * i])
     for i in range(L.N * L.C):
-        channel_sums(parts, L.row_chunks, i, db, ds)
+        a = 0
+        b = 0
+        for j in range(L.row_chunks):
+            a = a + parts[2 * (i * L.row_chunks + j)]
+            b = b + parts[2 * (i * L.row_chunks + j) + 1]
+        db[i] = a
+        ds[i] = b
     for p in range(L.N * L.G):
-        group_terms(L, p, rstd, weight, db, ds, terms)
+        pair_terms(L, p, rstd, weight, db, ds, terms)
     for i in prange(items, schedule='static', num_threads=threads):
-        grad_x_chunk(dy, x, dx, L, mean, rstd, weight, terms, i)
+        channel_chunk_grad_x(dy, x, dx, L, i // L.row_chunks, i % L.row_chunks,
+                             min(CHUNK, L.S - (i % L.row_chunks) * CHUNK), mean, rstd, weight,
+                             bias, terms)
+
+
+cdef inline void row_chunk_grad_sums(const char* dy, const char* x, const Layout* L,
+                                     Py_ssize_t i, Py_ssize_t j, const real* coef,
+                                     double* out) noexcept nogil:
+    """Per-channel [sum(g)], [sum(g (x - m))] of row chunk j of sample i: out[0:C], out[C:2C]."""
+    cdef Py_ssize_t r0 = j * ROW_CHUNK
+    rows_grad_sums(at(dy, i * L.dsN + r0 * L.ds, L), at(x, i * L.xsN + r0 * L.xs, L),
+                   min(ROW_CHUNK, L.S - r0), L, coef, coef + L.C, coef + 2 * L.C, out,
+                   out + L.C)
+
+
+cdef void sample_sums_nhwc(const Layout* L, Py_ssize_t i, const double* parts, double* db,
+                           double* ds) noexcept nogil:
+    """db, ds of sample i's channels: its row chunks' sums added in chunk order."""
+    cdef Py_ssize_t j, c
+    cdef double a, b
+    for c in range(L.C):
+        a = 0
+        b = 0
+        for j in range(L.row_chunks):
+            a = a + parts[j * 2 * L.C + c]
+            b = b + parts[j * 2 * L.C + L.C + c]
+        db[i * L.C + c] = a
+        ds[i * L.C + c] = b
+
+
+cdef void grad_coefficients(const Layout* L, Py_ssize_t i, const double* terms,
+                            real* coef) noexcept nogil:
+    """Append c1, c0 per channel of sample i to coef (m, a, b already there)."""
+    cdef Py_ssize_t c, p
+    for c in range(L.C):
+        p = i * L.G + c // L.Cg
+        coef[3 * L.C + c] = <real>terms[2 * p]
+        coef[4 * L.C + c] = <real>terms[2 * p + 1]
+
+
+cdef void backward_sample_nhwc(const char* dy, const char* x, char* dx, const Layout* L,
+                               Py_ssize_t i, const real* mean, const real* rstd,
+                               const real* weight, const real* bias, double* db, double* ds,
+                               double* terms, double* parts, real* coef) noexcept nogil:
+    cdef Py_ssize_t j, g
+    channel_coefficients(L, i, mean, rstd, weight, bias, coef, coef + L.C, coef + 2 * L.C)
+    for j in range(L.row_chunks):
+        row_chunk_grad_sums(dy, x, L, i, j, coef, parts + j * 2 * L.C)
+    sample_sums_nhwc(L, i, parts, db, ds)
+    for g in range(L.G):
+        pair_terms(L, i * L.G + g, rstd, weight, db, ds, terms)
+    grad_coefficients(L, i, terms, coef)
+    rows_grad_x(at(dy, i * L.dsN, L), at(x, i * L.xsN, L), at(dx, i * L.ysN, L), L.S, L, coef,
+                coef + L.C, coef + 2 * L.C, coef + 3 * L.C, coef + 4 * L.C)
+
+
+cdef void backward_nhwc(const char* dy, const char* x, char* dx, const Layout* L,
+                        const real* mean, const real* rstd, const real* weight,
+                        const real* bias, double* db, double* ds, double* terms,
+                        double* parts, real* coef, bint split, int threads) noexcept nogil:
+    """One task per sample, or, split, row chunks in parallel. parts: N * row_chunks * 2C
+    doubles; coef: N * 5C reals."""
+    cdef Py_ssize_t i, j, g, r0
+    cdef Py_ssize_t items = L.N * L.row_chunks, per = 2 * L.C * L.row_chunks
+    if not split:
+        if threads == 1:
+            for i in range(L.N):
+                backward_sample_nhwc(dy, x, dx, L, i, mean, rstd, weight, bias, db, ds, terms,
+                                     parts + i * per, coef + i * 5 * L.C)
+        else:
+            for i in prange(L.N, schedule='static', num_threads=threads):
+                backward_sample_nhwc(dy, x, dx, L, i, mean, rstd, weight, bias, db, ds, terms,
+                                     parts + i * per, coef + i * 5 * L.C)
+        return
+    for i in range(L.N):
+        channel_coefficients(L, i, mean, rstd, weight, bias, coef + i * 5 * L.C,
+                             coef + i * 5 * L.C + L.C, coef + i * 5 * L.C + 2 * L.C)
+    for j in prange(items, schedule='static', num_threads=threads):
+        row_chunk_grad_sums(dy, x, L, j // L.row_chunks, j % L.row_chunks,
+                            coef + (j // L.row_chunks) * 5 * L.C, parts + j * 2 * L.C)
+    for i in range(L.N):
+        sample_sums_nhwc(L, i, parts + i * per, db, ds)
+        for g in range(L.G):
+            pair_terms(L, i * L.G + g, rstd, weight, db, ds, terms)
+        grad_coefficients(L, i, terms, coef + i * 5 * L.C)
+    for j in prange(items, schedule='static', num_threads=threads):
+        i = j // L.row_chunks
+        r0 = (j % L.row_chunks) * ROW_CHUNK
+        rows_grad_x(at(dy, i * L.dsN + r0 * L.ds, L), at(x, i * L.xsN + r0 * L.xs, L),
+                    at(dx, i * L.ysN + r0 * L.ys, L), min(ROW_CHUNK, L.S - r0), L,
+                    coef + i * 5 * L.C, coef + i * 5 * L.C + L.C, coef + i * 5 * L.C + 2 * L.C,
+                    coef + i * 5 * L.C + 3 * L.C, coef + i * 5 * L.C + 4 * L.C)
 
 
 cdef void param_grads(const Layout* L, const real* rstd, const double* db,
                       const double* ds, real* grad_weight, real* grad_bias) noexcept nogil:
     """grad_bias_c = sum_n db[n, c];  grad_weight_c = sum_n rstd[n, g] * ds[n, c]
-    (= sum(dy * xhat) over the channel), summed over n in order."""
+    (= sum(g * xhat) over the channel), summed over n in order."""
     cdef Py_ssize_t n, g, c
     cdef double gw, gb
     for g in range(L.G):
@@ -393,6 +789,7 @@ cdef void param_grads(const Layout* L, const real* rstd, const double* db,
 cdef object F16 = np.dtype(np.float16)
 cdef object F32 = np.dtype(np.float32)
 cdef object F64 = np.dtype(np.float64)
+cdef dict ACTIVATIONS = {None: GN_ACT_NONE, "relu": GN_ACT_RELU, "silu": GN_ACT_SILU}
 
 
 def build_info():
@@ -447,7 +844,7 @@ cdef Py_ssize_t resolve_groups(object num_groups, object group_size, Py_ssize_t 
         raise ValueError("give exactly one of num_groups and group_size (channels per group); "
                          f"got num_groups={num_groups!r}, group_size={group_size!r}")
     if C == 0:
-        raise ValueError("x has C=0 channels (x.shape[1] == 0): nothing to group")
+        raise ValueError("x has C=0 channels: nothing to group")
     name = "num_groups" if num_groups is not None else "group_size"
     k = as_int(num_groups if num_groups is not None else group_size, name)
     if k <= 0 or C % k:
@@ -458,54 +855,108 @@ cdef Py_ssize_t resolve_groups(object num_groups, object group_size, Py_ssize_t 
     return k if num_groups is not None else C // k
 
 
-cdef tuple float_array(object obj, str name):
-    """(array, result dtype, compute type number) for a data argument.
+cdef int activation_code(object activation) except -1:
+    try:
+        return ACTIVATIONS[activation]
+    except (KeyError, TypeError):
+        raise ValueError(f"activation={activation!r} is not supported; choose None, 'relu' "
+                         "or 'silu'") from None
 
-    float32 and float64 compute natively; float16 computes in float32 and returns
-    float16; integers and booleans compute and return float64 (as numpy.mean does);
-    longer floats compute and return float64. Anything else is a TypeError.
+
+cdef bint channels_last(object channel_axis, int nd) except -1:
+    """Whether channel_axis names the last axis (channels-last) rather than axis 1."""
+    cdef Py_ssize_t k = as_int(channel_axis, "channel_axis")
+    cdef Py_ssize_t axis = k + nd if k < 0 else k
+    if axis == 1:
+        return False
+    if axis == nd - 1 and nd > 2:
+        return True
+    raise ValueError(f"channel_axis={k} is not supported for a {nd}-dimensional x: use 1 "
+                     "(channels first, (N, C, *spatial)) or -1 (channels last, "
+                     "(N, *spatial, C))")
+
+
+cdef tuple storage_of(cnp.ndarray arr, str name):
+    """(storage kind, storage dtype, compute type number) for a data array.
+
+    float32, float64, float16 and bfloat16 (from ml_dtypes) are stored as they are; the
+    arithmetic is float32 for all but float64. Integers, booleans and longer floats are
+    converted to float64, as numpy.mean does. Anything else is a TypeError.
     """
-    cdef cnp.ndarray arr = obj if type(obj) is np.ndarray else np.asarray(obj)
     cdef int t = cnp.PyArray_TYPE(arr)
     if t == cnp.NPY_FLOAT32:
-        return arr, F32, cnp.NPY_FLOAT32
+        return ST_F32, F32, cnp.NPY_FLOAT32
     if t == cnp.NPY_FLOAT64:
-        return arr, F64, cnp.NPY_FLOAT64
+        return ST_F64, F64, cnp.NPY_FLOAT64
     if t == cnp.NPY_FLOAT16:
-        return arr, F16, cnp.NPY_FLOAT32
-    kind = arr.dtype.kind
-    if kind in "fiub":
-        return arr, F64, cnp.NPY_FLOAT64
-    raise TypeError(f"{name} has dtype {arr.dtype}: gncpu normalizes real numbers (floating "
+        return ST_F16, F16, cnp.NPY_FLOAT32
+    dt = arr.dtype
+    if dt.name == "bfloat16" and dt.itemsize == 2:
+        return ST_BF16, dt, cnp.NPY_FLOAT32
+    if dt.kind in "fiub":
+        return ST_F64, F64, cnp.NPY_FLOAT64
+    raise TypeError(f"{name} has dtype {dt}: gncpu normalizes real numbers (floating "
                     "point; integers and booleans are converted to float64)")
 
 
-cdef bint nc_strides(cnp.ndarray a, Py_ssize_t* sN, Py_ssize_t* sC):
-    """Whether `a` (ndim >= 2) can be read as (N, C, S) with unit stride along S, aligned,
-    in native byte order; if so, its element strides along N and C."""
+cdef bint kernel_strides(cnp.ndarray a, bint last, Py_ssize_t* sN, Py_ssize_t* s):
+    """Whether `a` (ndim >= 2) can be read by the kernels as it is: aligned, native byte
+    order, element strides, and unit stride along S (channels-first) or C (channels-last)
+    with the other axes collapsible. If so, its element strides along N and along C
+    (channels-first) or S (channels-last)."""
     cdef int k, nd = cnp.PyArray_NDIM(a)
-    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a), expected = item
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a), expected = item, inner = -1
     cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(a)
     cdef cnp.npy_intp* strides = cnp.PyArray_STRIDES(a)
-    if not (cnp.PyArray_ISALIGNED(a) and cnp.PyArray_ISNOTSWAPPED(a)):
+    if not (cnp.PyArray_ISALIGNED(a) and cnp.PyArray_ISNOTSWAPPED(a)) or strides[0] % item:
         return False
-    for k in range(nd - 1, 1, -1):
-        if dims[k] != 1 and strides[k] != expected:
+    if not last:
+        for k in range(nd - 1, 1, -1):
+            if dims[k] != 1 and strides[k] != expected:
+                return False
+            expected *= dims[k]
+        if strides[1] % item:
             return False
-        expected *= dims[k]
-    if strides[0] % item or strides[1] % item:
+        sN[0] = strides[0] // item
+        s[0] = strides[1] // item
+        return True
+    if dims[nd - 1] != 1 and strides[nd - 1] != item:
         return False
+    for k in range(nd - 2, 0, -1):
+        if dims[k] == 1:
+            continue
+        if inner < 0:
+            if strides[k] % item:
+                return False
+            inner = strides[k] // item
+            expected = strides[k] * dims[k]
+        elif strides[k] != expected:
+            return False
+        else:
+            expected *= dims[k]
     sN[0] = strides[0] // item
-    sC[0] = strides[1] // item
+    s[0] = inner if inner >= 0 else dims[nd - 1]
     return True
 
 
-cdef cnp.ndarray kernel_input(cnp.ndarray arr, int typenum, Py_ssize_t* sN, Py_ssize_t* sC):
-    """arr itself when the kernels can read it, else a C-contiguous copy of type typenum;
-    its element strides along N and C."""
-    if cnp.PyArray_TYPE(arr) != typenum or not nc_strides(arr, sN, sC):
-        arr = cnp.PyArray_FROMANY(arr, typenum, 0, 0, cnp.NPY_ARRAY_CARRAY | cnp.NPY_ARRAY_FORCECAST)
-        nc_strides(arr, sN, sC)
+cdef cnp.ndarray kernel_array(object obj, object storage, bint last, Py_ssize_t* sN,
+                              Py_ssize_t* s):
+    """obj itself when the kernels can read it, else a C-contiguous copy in the storage
+    dtype (the caller's array is never written); its element strides."""
+    cdef cnp.ndarray arr = obj
+    if not cnp.PyArray_EquivTypes(arr.descr, <cnp.dtype>storage) \
+            or not kernel_strides(arr, last, sN, s):
+        arr = np.ascontiguousarray(arr, dtype=storage)
+        kernel_strides(arr, last, sN, s)
+    return arr
+
+
+cdef cnp.ndarray as_data(object obj, str name, tuple shape):
+    """A data argument that must have x's shape, as an array of real numbers."""
+    cdef cnp.ndarray arr = obj if type(obj) is np.ndarray else np.asarray(obj)
+    storage_of(arr, name)
+    if (<object>arr).shape != shape:
+        raise ValueError(f"{name} has shape {(<object>arr).shape}; expected x's shape {shape}")
     return arr
 
 
@@ -517,11 +968,25 @@ cdef cnp.ndarray channel_vector(object obj, str name, Py_ssize_t C, int typenum)
     if (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == 1
             and cnp.PyArray_DIMS(arr)[0] == C and cnp.PyArray_ISCARRAY_RO(arr)):
         return arr
-    if arr.dtype.kind not in "fiub":
+    if arr.dtype.kind not in "fiub" and arr.dtype.name != "bfloat16":
         raise TypeError(f"{name} has dtype {arr.dtype}: expected real numbers")
     if cnp.PyArray_NDIM(arr) != 1 or cnp.PyArray_DIMS(arr)[0] != C:
         raise ValueError(f"{name} has shape {(<object>arr).shape}; expected (C,) = ({C},)")
-    return cnp.PyArray_FROMANY(arr, typenum, 1, 1, cnp.NPY_ARRAY_CARRAY | cnp.NPY_ARRAY_FORCECAST)
+    return np.ascontiguousarray(arr, dtype=np.dtype(F32 if typenum == cnp.NPY_FLOAT32 else F64))
+
+
+cdef cnp.ndarray stats_array(object obj, str name, Py_ssize_t N, Py_ssize_t G, int typenum):
+    """mean or rstd as a contiguous (N, G) array of type typenum."""
+    cdef cnp.ndarray arr = obj if type(obj) is np.ndarray else np.asarray(obj)
+    if cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_ISCARRAY_RO(arr) \
+            and cnp.PyArray_NDIM(arr) == 2 and cnp.PyArray_DIMS(arr)[0] == N \
+            and cnp.PyArray_DIMS(arr)[1] == G:
+        return arr
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} has dtype {arr.dtype}: expected floating point")
+    if (<object>arr).shape != (N, G):
+        raise ValueError(f"{name} has shape {(<object>arr).shape}; expected (N, G) = ({N}, {G})")
+    return np.ascontiguousarray(arr, dtype=F32 if typenum == cnp.NPY_FLOAT32 else F64)
 
 
 cdef double check_eps(object eps) except? -1:
@@ -539,19 +1004,6 @@ cdef inline char* ptr(cnp.ndarray a):
     return NULL if a is None else <char*>cnp.PyArray_DATA(a)
 
 
-cdef bint overlaps(cnp.ndarray a, cnp.ndarray b):
-    """Whether the memory spans of a and b intersect (NumPy's cheap bounds test)."""
-    cdef char* lo_a
-    cdef char* hi_a
-    cdef char* lo_b
-    cdef char* hi_b
-    if cnp.PyArray_SIZE(a) == 0 or cnp.PyArray_SIZE(b) == 0:
-        return False
-    span(a, &lo_a, &hi_a)
-    span(b, &lo_b, &hi_b)
-    return lo_a < hi_b and lo_b < hi_a
-
-
 cdef void span(cnp.ndarray a, char** lo, char** hi):
     cdef int k
     cdef char* start = <char*>cnp.PyArray_DATA(a)
@@ -565,52 +1017,86 @@ cdef void span(cnp.ndarray a, char** lo, char** hi):
     hi[0] = end
 
 
-cdef cnp.ndarray output_target(object out, cnp.ndarray x, object result, int typenum,
-                               Py_ssize_t* sN, Py_ssize_t* sC):
-    """out itself when the kernel may write it directly (in place over x included), else
-    None: the kernel then writes a temporary that is copied into out."""
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-    cdef cnp.ndarray o = out
+cdef bint overlaps(cnp.ndarray a, cnp.ndarray b):
+    """Whether the memory spans of a and b intersect (a cheap bounds test)."""
+    cdef char* lo_a
+    cdef char* hi_a
+    cdef char* lo_b
+    cdef char* hi_b
+    if a is None or b is None or cnp.PyArray_SIZE(a) == 0 or cnp.PyArray_SIZE(b) == 0:
+        return False
+    span(a, &lo_a, &hi_a)
+    span(b, &lo_b, &hi_b)
+    return lo_a < hi_b and lo_b < hi_a
+
+
+cdef bint same_view(cnp.ndarray a, cnp.ndarray b):
+    return (cnp.PyArray_DATA(a) == cnp.PyArray_DATA(b)
+            and (<object>a).strides == (<object>b).strides)
+
+
+cdef cnp.ndarray writable_target(object target, str name, cnp.ndarray x, object storage,
+                                 bint last, Py_ssize_t* sN, Py_ssize_t* s, tuple readers):
+    """target itself when the kernels may write it directly, else None: the kernels then
+    write a temporary that is copied into target afterwards. An element-wise alias of an
+    input (in place) is direct; any other overlap with an input goes through a temporary."""
+    cdef cnp.ndarray o, r
+    if not isinstance(target, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(target).__name__}")
+    o = target
     if not cnp.PyArray_SAMESHAPE(o, x):
-        raise ValueError(f"out has shape {(<object>o).shape}; expected x's shape "
+        raise ValueError(f"{name} has shape {(<object>o).shape}; expected x's shape "
                          f"{(<object>x).shape}")
-    if cnp.PyArray_TYPE(o) != (<cnp.dtype>result).type_num or not cnp.PyArray_ISNOTSWAPPED(o):
-        raise ValueError(f"out has dtype {o.dtype}; expected {result} for this x")
+    if not cnp.PyArray_EquivTypes(o.descr, <cnp.dtype>storage):
+        raise ValueError(f"{name} has dtype {o.dtype}; expected {storage} for this x")
     if not cnp.PyArray_ISWRITEABLE(o):
-        raise ValueError("out is read-only")
-    if cnp.PyArray_TYPE(o) != typenum or not nc_strides(o, sN, sC):
+        raise ValueError(f"{name} is read-only")
+    if not kernel_strides(o, last, sN, s):
         return None
-    if overlaps(o, x) and not (cnp.PyArray_DATA(o) == cnp.PyArray_DATA(x)
-                               and (<object>o).strides == (<object>x).strides):
-        return None
+    for r in readers:
+        if overlaps(o, r) and not same_view(o, r):
+            return None
     return o
 
 
-cdef inline void check_data(cnp.ndarray arr, Py_ssize_t* N, Py_ssize_t* C, Py_ssize_t* S) except *:
-    """(N, C, S) of x; a ValueError for fewer than 2 dimensions."""
+cdef void data_shape(cnp.ndarray arr, bint last, Py_ssize_t* N, Py_ssize_t* C,
+                     Py_ssize_t* S) noexcept:
     cdef int nd = cnp.PyArray_NDIM(arr)
-    if nd < 2:
-        raise ValueError(f"x has shape {(<object>arr).shape}; expected (N, C, *spatial) "
-                         "with at least 2 dimensions")
     N[0] = cnp.PyArray_DIMS(arr)[0]
-    C[0] = cnp.PyArray_DIMS(arr)[1]
-    S[0] = cnp.PyArray_MultiplyList(cnp.PyArray_DIMS(arr) + 2, nd - 2)
+    if last:
+        C[0] = cnp.PyArray_DIMS(arr)[nd - 1]
+        S[0] = cnp.PyArray_MultiplyList(cnp.PyArray_DIMS(arr) + 1, nd - 2)
+    else:
+        C[0] = cnp.PyArray_DIMS(arr)[1]
+        S[0] = cnp.PyArray_MultiplyList(cnp.PyArray_DIMS(arr) + 2, nd - 2)
 
 
-cdef cnp.ndarray empty_like_c(cnp.ndarray like, int typenum):
-    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(like), cnp.PyArray_DIMS(like), typenum, 0)
+cdef cnp.ndarray empty_like_c(cnp.ndarray like, object storage):
+    """A C-contiguous array of like's shape in the storage dtype."""
+    if storage is F32 or storage is F64 or storage is F16:
+        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(like), cnp.PyArray_DIMS(like),
+                                 (<cnp.dtype>storage).type_num, 0)
+    return np.empty((<object>like).shape, dtype=storage)
+
+
+cdef cnp.ndarray data_input(object x, str what):
+    cdef cnp.ndarray arr = x if type(x) is np.ndarray else np.asarray(x)
+    if cnp.PyArray_NDIM(arr) < 2:
+        raise ValueError(f"{what} has shape {(<object>arr).shape}; expected (N, C, *spatial) "
+                         "with at least 2 dimensions")
+    return arr
 
 
 def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_size=None,
-               out=None, return_stats=False, num_threads=None):
+               channel_axis=1, activation=None, residual=None, residual_out=None, out=None,
+               return_stats=False, num_threads=None):
     """Group Normalization of ``x`` of shape (N, C, *spatial).
 
     The C channels are split into G consecutive groups. For each sample n and group g,
     the mean and the biased variance are taken over the group's C/G channels and all
     spatial positions; then, per channel c of group g::
 
-        y[n, c] = (x[n, c] - mean[n, g]) * rstd[n, g] * weight[c] + bias[c]
+        y[n, c] = act((x[n, c] - mean[n, g]) * rstd[n, g] * weight[c] + bias[c])
         rstd[n, g] = 1 / sqrt(var[n, g] + eps)
 
     Statistics are per group, the affine is per channel. G = 1 is Layer Norm over
@@ -618,25 +1104,35 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
 
     Parameters
     ----------
-    x : array_like, shape (N, C, *spatial)
-        Any number of spatial dimensions, including none. float32 and float64 are
-        computed natively; float16 is computed in float32 and returned as float16;
-        integers and booleans are converted to float64, as ``numpy.mean`` does. Any
-        memory layout is accepted; ``x`` is never modified.
+    x : array_like, shape (N, C, *spatial), or (N, *spatial, C) with ``channel_axis=-1``
+        Any number of spatial dimensions, including none. float32, float64, float16 and
+        bfloat16 (``ml_dtypes``) are computed natively, the last two with float32
+        arithmetic and statistics; integers and booleans are converted to float64, as
+        ``numpy.mean`` does. Any memory layout is accepted; ``x`` is never modified.
     num_groups : int, optional
         G, which must divide C. Give exactly one of ``num_groups`` and ``group_size``.
     weight, bias : array_like, shape (C,), optional
         Per-channel scale (gamma, default 1) and shift (beta, default 0), used in the
-        compute precision (float32 for float32 and float16 input).
+        compute precision (float32 except for float64 input).
     eps : float, default 1e-5
         Added to the variance; finite and non-negative.
     group_size : int, optional
         Channels per group (C / G), the alternative to ``num_groups``.
+    channel_axis : {1, -1}, default 1
+        Where the channels are: axis 1 (NCHW) or the last axis (channels-last, NHWC),
+        each with its own kernel; no transposing copy is made.
+    activation : {None, 'relu', 'silu'}, default None
+        Applied to the normalized output in the same pass: ``silu(t) = t * sigmoid(t)``.
+    residual : array_like, optional
+        Same shape as ``x``: ``x + residual`` is normalized, without a separate pass to
+        add them (the sum is rounded to x's dtype first).
+    residual_out : ndarray, optional
+        With ``residual``: receives ``x + residual``, which the next residual block needs.
     out : ndarray, optional
-        Where to write y: x's shape and the result dtype. May be ``x`` itself.
+        Where to write y: x's shape and dtype. May be ``x`` itself.
     return_stats : bool, default False
-        Also return ``mean`` and ``rstd``, shape (N, G), float32 for float32 and float16
-        input, float64 otherwise; pass them to :func:`group_norm_backward`.
+        Also return ``mean`` and ``rstd``, shape (N, G), float64 for float64 input and
+        float32 otherwise; pass them to :func:`group_norm_backward`.
     num_threads : int, optional
         OpenMP threads to use; default: the OpenMP setting (``OMP_NUM_THREADS``,
         threadpoolctl). Results are bitwise identical for every thread count.
@@ -644,23 +1140,25 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
     Returns
     -------
     y : ndarray
-        Same shape as ``x``, C-contiguous unless ``out`` is given. With
-        ``return_stats``, the tuple ``(y, mean, rstd)``.
+        Same shape and dtype as ``x`` (float64 for integer input), C-contiguous unless
+        ``out`` is given. With ``return_stats``, the tuple ``(y, mean, rstd)``.
 
     Raises
     ------
     ValueError
-        C not divisible by ``num_groups``, a wrong shape of ``weight``, ``bias`` or
-        ``out``, a negative or non-finite ``eps``, ``x.ndim < 2``.
+        C not divisible by ``num_groups``, a wrong shape of ``weight``, ``bias``,
+        ``residual`` or ``out``, a negative or non-finite ``eps``, ``x.ndim < 2``, an
+        unknown ``activation`` or ``channel_axis``.
     TypeError
         Complex, object or string data; a non-integer group count.
 
     Notes
     -----
-    Statistics are exact two-pass moments of chunks of 2048 elements, merged with Chan's
-    formula in float64 in a fixed order. The chunks depend only on the group's shape, so
-    a sample's output is bitwise the same alone or inside any batch, and for any number
-    of threads. The output is computed as ``(x - mean) * (rstd * weight[c]) + bias[c]``.
+    Statistics are one-pass moments of fixed chunks (2048 elements, or 64 rows
+    channels-last) around a pilot mean, merged with Chan's formula in float64 in a fixed
+    order. The chunks depend only on the group's shape, so a sample's output is bitwise
+    the same alone or inside any batch, and for any number of threads. The output is
+    computed as ``act((x - mean) * (rstd * weight[c]) + bias[c])``.
 
     Examples
     --------
@@ -673,97 +1171,149 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
     array([-1.528, -1.091, -0.655, -0.218,  0.218,  0.655,  1.091,  1.528],
           dtype=float32)
     """
-    cdef cnp.ndarray arr, x3, y3, w, b, mean, rstd, parts = None
-    cdef Py_ssize_t N, C, S, G, xsN = 0, xsC = 0
-    cdef int threads, typenum
+    cdef cnp.ndarray arr, x3, y3, r3 = None, s3 = None, w, b, mean, rstd, scratch = None
+    cdef cnp.ndarray outarr = None, resout = None
+    cdef Py_ssize_t N, C, S, G, sN = 0, s = 0
+    cdef int threads, typenum, st, act
+    cdef bint last, split
     cdef double e
     cdef Layout L
     cdef cnp.npy_intp stat_dims[2]
-    arr, result, typenum = float_array(x, "x")
-    check_data(arr, &N, &C, &S)
+    arr = data_input(x, "x")
+    st, storage, typenum = storage_of(arr, "x")
+    last = False if channel_axis == 1 else channels_last(channel_axis, cnp.PyArray_NDIM(arr))
+    data_shape(arr, last, &N, &C, &S)
     G = resolve_groups(num_groups, group_size, C)
     w = channel_vector(weight, "weight", C, typenum)
     b = channel_vector(bias, "bias", C, typenum)
     e = check_eps(eps)
-    x3 = kernel_input(arr, typenum, &xsN, &xsC)
-    L = make_layout(N, C, S, G, xsN, xsC, False)
+    act = GN_ACT_NONE if activation is None else activation_code(activation)
+    x3 = kernel_array(arr, storage, last, &sN, &s)
+    L = make_layout(N, C, S, G, st, cnp.PyArray_ITEMSIZE(x3), last, act, sN, s,
+                    residual is None)
+    shape = (<object>arr).shape
+    if residual is not None:
+        r3 = kernel_array(as_data(residual, "residual", shape), storage, last, &L.rsN, &L.rs)
+    elif residual_out is not None:
+        raise ValueError("residual_out is only written when a residual is given")
+    readers = (x3,) if r3 is None else (x3, r3)
     y3 = None
     if out is not None:
-        y3 = output_target(out, x3, result, typenum, &L.ysN, &L.ysC)
+        outarr = out
+        y3 = writable_target(out, "out", arr, storage, last, &L.ysN, &L.ys, readers)
     if y3 is None:
-        y3 = empty_like_c(arr, typenum)
-        L.ysN = C * S
-        L.ysC = S
+        y3 = empty_like_c(arr, storage)
+        kernel_strides(y3, last, &L.ysN, &L.ys)
+    if residual_out is not None:
+        resout = residual_out
+        if overlaps(resout, y3) or (outarr is not None and overlaps(resout, outarr)):
+            raise ValueError("out and residual_out must not overlap")
+        s3 = writable_target(residual_out, "residual_out", arr, storage, last, &L.ssN, &L.ss,
+                             readers)
+        if s3 is None:
+            s3 = empty_like_c(arr, storage)
+            kernel_strides(s3, last, &L.ssN, &L.ss)
+    elif r3 is not None:
+        s3 = y3             # the sum lives in the output until it is normalized in place
+        L.ssN = L.ysN
+        L.ss = L.ys
     stat_dims[0] = N
     stat_dims[1] = G
     mean = cnp.PyArray_EMPTY(2, stat_dims, typenum, 0)
     rstd = cnp.PyArray_EMPTY(2, stat_dims, typenum, 0)
     threads = plan_threads(num_threads, N * C * S)
-    if threads > 1 and N * G < 2 * threads:
-        parts = np.empty(3 * N * G * L.rows * L.row_chunks, dtype=F64)
-    cdef char* xp = ptr(x3)
-    cdef char* yp = ptr(y3)
-    cdef char* wp = ptr(w)
-    cdef char* bp = ptr(b)
-    cdef char* mp = ptr(mean)
-    cdef char* rp = ptr(rstd)
-    cdef Moments* pp = <Moments*>ptr(parts)
-    with nogil:
-        if typenum == cnp.NPY_FLOAT32 and pp == NULL:
-            forward_fused(<const float*>xp, <float*>yp, &L, e, <float*>wp, <float*>bp,
-                          <float*>mp, <float*>rp, threads)
-        elif typenum == cnp.NPY_FLOAT32:
-            forward_split(<const float*>xp, <float*>yp, &L, e, <float*>wp, <float*>bp,
-                          <float*>mp, <float*>rp, pp, threads)
-        elif pp == NULL:
-            forward_fused(<const double*>xp, <double*>yp, &L, e, <double*>wp, <double*>bp,
-                          <double*>mp, <double*>rp, threads)
-        else:
-            forward_split(<const double*>xp, <double*>yp, &L, e, <double*>wp, <double*>bp,
-                          <double*>mp, <double*>rp, pp, threads)
-    if out is not None:
-        if y3 is not out:
-            np.copyto(out, y3, casting="unsafe")
-        y = out
+    cdef char* pw = ptr(w)
+    cdef char* pb = ptr(b)
+    cdef char* pm = ptr(mean)
+    cdef char* pr = ptr(rstd)
+    cdef char* px = ptr(x3)
+    cdef char* pres = ptr(r3)
+    cdef char* ps = ptr(s3)
+    cdef char* py = ptr(y3)
+    cdef char* pscr
+    cdef Py_ssize_t per_sample
+    if not last:
+        split = threads > 1 and N * G < 2 * threads
+        if split:
+            scratch = np.empty(3 * N * G * L.rows * L.row_chunks, dtype=F64)
+        pscr = ptr(scratch)
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                forward_nchw(px, pres, ps, py, &L, e, <float*>pw, <float*>pb, <float*>pm,
+                             <float*>pr, <Moments*>pscr, threads)
+            else:
+                forward_nchw(px, pres, ps, py, &L, e, <double*>pw, <double*>pb, <double*>pm,
+                             <double*>pr, <Moments*>pscr, threads)
     else:
-        y = y3 if result is not F16 else y3.astype(F16)
+        split = threads > 1 and N < 2 * threads
+        # Per sample: row-chunk moments (2C per chunk), channel moments (3C), coefficients
+        # (3C, stored as float64 slots whatever the compute type).
+        per_sample = 2 * C * L.row_chunks + 6 * C
+        scratch = np.empty(N * per_sample, dtype=F64)
+        pscr = ptr(scratch)
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                forward_nhwc(px, pres, ps, py, &L, e, <float*>pw, <float*>pb, <float*>pm,
+                             <float*>pr, <double*>pscr, <double*>pscr + N * 2 * C * L.row_chunks,
+                             <float*>(<double*>pscr + N * (2 * C * L.row_chunks + 3 * C)),
+                             split, threads)
+            else:
+                forward_nhwc(px, pres, ps, py, &L, e, <double*>pw, <double*>pb, <double*>pm,
+                             <double*>pr, <double*>pscr, <double*>pscr + N * 2 * C * L.row_chunks,
+                             <double*>pscr + N * (2 * C * L.row_chunks + 3 * C),
+                             split, threads)
+    if resout is not None and s3 is not resout:
+        np.copyto(resout, s3)
+    if outarr is not None:
+        if y3 is not outarr:
+            np.copyto(outarr, y3)
+        y = outarr
+    else:
+        y = y3
     return (y, mean, rstd) if return_stats else y
 
 
-def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *,
-                        group_size=None, num_threads=None):
+def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *, bias=None,
+                        activation=None, group_size=None, channel_axis=1, num_threads=None):
     """Gradients of Group Norm with respect to ``x``, ``weight`` and ``bias``.
 
-    With ``xhat = (x - mean) * rstd``, ``dxhat = grad_out * weight[c]`` and ``<.>`` the
-    mean over a group's C/G x spatial elements::
+    With ``xhat = (x - mean) * rstd``, ``g`` the gradient reaching the affine (``grad_out``,
+    or ``grad_out * act'(xhat * weight + bias)`` with an activation), ``dxhat = g * weight[c]``
+    and ``<.>`` the mean over a group's C/G x spatial elements::
 
         grad_x      = rstd * (dxhat - <dxhat> - xhat * <dxhat * xhat>)
-        grad_weight = sum over (n, spatial) of grad_out * xhat
-        grad_bias   = sum over (n, spatial) of grad_out
+        grad_weight = sum over (n, spatial) of g * xhat
+        grad_bias   = sum over (n, spatial) of g
 
     Parameters
     ----------
     grad_out : array_like, shape of ``x``
         Gradient of the loss with respect to the forward output y.
-    x : array_like, shape (N, C, *spatial)
-        The forward pass's input.
+    x : array_like, shape (N, C, *spatial), or (N, *spatial, C) with ``channel_axis=-1``
+        The forward pass's input (with a residual: the sum ``x + residual``).
     mean, rstd : array_like, shape (N, G)
         The statistics :func:`group_norm` returned with ``return_stats=True``.
     num_groups : int, optional
         G; give exactly one of ``num_groups`` and ``group_size``.
     weight : array_like, shape (C,), optional
         The forward pass's weight (default 1).
+    bias : array_like, shape (C,), optional
+        The forward pass's bias; only needed with an ``activation``.
+    activation : {None, 'relu', 'silu'}, default None
+        The forward pass's activation: the gradients are those of the composed function.
     group_size : int, optional
         Channels per group, the alternative to ``num_groups``.
+    channel_axis : {1, -1}, default 1
+        As in :func:`group_norm`.
     num_threads : int, optional
         As in :func:`group_norm`; results are bitwise identical for every thread count.
 
     Returns
     -------
     grad_x : ndarray
-        x's shape, in the result dtype of ``x`` (see :func:`group_norm`).
+        x's shape, in x's dtype (float64 for integer input).
     grad_weight, grad_bias : ndarray, shape (C,)
-        Always returned, also without ``weight``.
+        Always returned, also without ``weight``; float64 for float64 input, else float32.
 
     Examples
     --------
@@ -775,73 +1325,69 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
     >>> float(np.abs(dx).max()) < 1e-5, db.tolist()
     (True, [6.0, 6.0, 6.0, 6.0])
     """
-    cdef cnp.ndarray arr, dyarr, x3, dy3, dx3, w, m, r, buf, gw, gb
-    cdef Py_ssize_t N, C, S, G, chunks, xsN = 0, xsC = 0
-    cdef int threads, typenum
+    cdef cnp.ndarray arr, dyarr, x3, dy3, dx3, w, b, m, r, buf, gw, gb
+    cdef Py_ssize_t N, C, S, G, sN = 0, s = 0, chunks
+    cdef int threads, typenum, st, act
+    cdef bint last, split
     cdef Layout L
-    arr, result, typenum = float_array(x, "x")
-    dyarr, _, _ = float_array(grad_out, "grad_out")
-    check_data(arr, &N, &C, &S)
-    if (<object>dyarr).shape != (<object>arr).shape:
-        raise ValueError(f"grad_out has shape {(<object>dyarr).shape}; expected x's shape "
-                         f"{(<object>arr).shape}")
+    arr = data_input(x, "x")
+    st, storage, typenum = storage_of(arr, "x")
+    dyarr = as_data(grad_out, "grad_out", (<object>arr).shape)
+    last = False if channel_axis == 1 else channels_last(channel_axis, cnp.PyArray_NDIM(arr))
+    data_shape(arr, last, &N, &C, &S)
     G = resolve_groups(num_groups, group_size, C)
     m = stats_array(mean, "mean", N, G, typenum)
     r = stats_array(rstd, "rstd", N, G, typenum)
     w = channel_vector(weight, "weight", C, typenum)
-    x3 = kernel_input(arr, typenum, &xsN, &xsC)
-    L = make_layout(N, C, S, G, xsN, xsC, True)
-    dy3 = kernel_input(dyarr, typenum, &L.dsN, &L.dsC)
-    dx3 = empty_like_c(arr, typenum)
-    L.ysN = C * S
-    L.ysC = S
+    b = channel_vector(bias, "bias", C, typenum)
+    act = GN_ACT_NONE if activation is None else activation_code(activation)
+    x3 = kernel_array(arr, storage, last, &sN, &s)
+    L = make_layout(N, C, S, G, st, cnp.PyArray_ITEMSIZE(x3), last, act, sN, s, False)
+    dy3 = kernel_array(dyarr, storage, last, &L.dsN, &L.ds)
+    dx3 = empty_like_c(arr, storage)
+    kernel_strides(dx3, last, &L.ysN, &L.ys)
     threads = plan_threads(num_threads, N * C * S)
-    cdef bint split = threads > 1 and N * G < 2 * threads
-    chunks = N * C * L.row_chunks if split else 0
-    # Scratch: db and ds (N * C each), group terms (2 per pair), chunk partials (split only).
-    buf = np.empty(2 * N * C + 2 * N * G + 2 * chunks, dtype=F64)
+    if not last:
+        split = threads > 1 and N * G < 2 * threads
+        chunks = 2 * N * C * L.row_chunks if split else 0
+    else:
+        split = threads > 1 and N < 2 * threads
+        chunks = 2 * N * C * L.row_chunks + 5 * N * C
+    # Scratch: db and ds (N * C each), pair terms (2 per pair), then the chunk partial sums
+    # (channels-first, split only) or row-chunk sums and coefficients (channels-last).
+    buf = np.empty(2 * N * C + 2 * N * G + chunks, dtype=F64)
     cdef double* db = <double*>ptr(buf)
     cdef double* ds = db + N * C
     cdef double* terms = ds + N * C
     cdef double* parts = terms + 2 * N * G
-    gw = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(arr) + 1, typenum, 0)
-    gb = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(arr) + 1, typenum, 0)
-    cdef char* dyp = ptr(dy3)
-    cdef char* xp = ptr(x3)
-    cdef char* dxp = ptr(dx3)
-    cdef char* mp = ptr(m)
-    cdef char* rp = ptr(r)
-    cdef char* wp = ptr(w)
-    cdef char* gwp = ptr(gw)
-    cdef char* gbp = ptr(gb)
+    cdef double* coef = parts + 2 * N * C * L.row_chunks
+    cdef cnp.npy_intp channels = C
+    gw = cnp.PyArray_EMPTY(1, &channels, typenum, 0)
+    gb = cnp.PyArray_EMPTY(1, &channels, typenum, 0)
+    cdef char* pdy = ptr(dy3)
+    cdef char* px = ptr(x3)
+    cdef char* pdx = ptr(dx3)
+    cdef char* pm = ptr(m)
+    cdef char* pr = ptr(r)
+    cdef char* pw = ptr(w)
+    cdef char* pb = ptr(b)
+    cdef char* pgw = ptr(gw)
+    cdef char* pgb = ptr(gb)
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
-            if split:
-                backward_split(<const float*>dyp, <const float*>xp, <float*>dxp, &L,
-                               <float*>mp, <float*>rp, <float*>wp, parts, db, ds, terms, threads)
+            if not last:
+                backward_nchw(pdy, px, pdx, &L, <float*>pm, <float*>pr, <float*>pw, <float*>pb,
+                              db, ds, terms, parts if split else NULL, threads)
             else:
-                backward_fused(<const float*>dyp, <const float*>xp, <float*>dxp, &L,
-                               <float*>mp, <float*>rp, <float*>wp, db, ds, terms, threads)
-            param_grads(&L, <float*>rp, db, ds, <float*>gwp, <float*>gbp)
+                backward_nhwc(pdy, px, pdx, &L, <float*>pm, <float*>pr, <float*>pw, <float*>pb,
+                              db, ds, terms, parts, <float*>coef, split, threads)
+            param_grads(&L, <float*>pr, db, ds, <float*>pgw, <float*>pgb)
         else:
-            if split:
-                backward_split(<const double*>dyp, <const double*>xp, <double*>dxp, &L,
-                               <double*>mp, <double*>rp, <double*>wp, parts, db, ds, terms,
-                               threads)
+            if not last:
+                backward_nchw(pdy, px, pdx, &L, <double*>pm, <double*>pr, <double*>pw,
+                              <double*>pb, db, ds, terms, parts if split else NULL, threads)
             else:
-                backward_fused(<const double*>dyp, <const double*>xp, <double*>dxp, &L,
-                               <double*>mp, <double*>rp, <double*>wp, db, ds, terms, threads)
-            param_grads(&L, <double*>rp, db, ds, <double*>gwp, <double*>gbp)
-    if result is F16:
-        return dx3.astype(F16), gw.astype(F16), gb.astype(F16)
+                backward_nhwc(pdy, px, pdx, &L, <double*>pm, <double*>pr, <double*>pw,
+                              <double*>pb, db, ds, terms, parts, coef, split, threads)
+            param_grads(&L, <double*>pr, db, ds, <double*>pgw, <double*>pgb)
     return dx3, gw, gb
-
-
-cdef cnp.ndarray stats_array(object obj, str name, Py_ssize_t N, Py_ssize_t G, int typenum):
-    """mean or rstd as a contiguous (N, G) array of type typenum."""
-    cdef cnp.ndarray arr = obj if type(obj) is np.ndarray else np.asarray(obj)
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} has dtype {arr.dtype}: expected floating point")
-    if (<object>arr).shape != (N, G):
-        raise ValueError(f"{name} has shape {(<object>arr).shape}; expected (N, G) = ({N}, {G})")
-    return cnp.PyArray_FROMANY(arr, typenum, 2, 2, cnp.NPY_ARRAY_CARRAY | cnp.NPY_ARRAY_FORCECAST)

@@ -5,57 +5,271 @@
  * the stack. GCC and Clang vector extensions compile to AVX on x86-64-v3, and to pairs of
  * SSE2 or NEON registers elsewhere.
  *
+ * Storage and compute types: f32 (float, computed in float), f64 (double, in double), f16
+ * (IEEE half, in float: F16C instructions where the CPU has them) and bf16 (bfloat16, in
+ * float). GN_DEFINE_KERNELS instantiates every loop once per storage type.
+ *
  * Summation order, fixed for a given length n, so results depend only on the data:
  * blocks of 4 vectors go to 4 vector accumulators; the remaining whole vectors to the first
- * one; the last n % W elements (W = 32 / sizeof(T)) to a float64 scalar. The accumulators
- * are added as (a0 + a1) + (a2 + a3), then its W lanes pairwise in float64, then the scalar.
- * Each T is defined once by GN_DEFINE_KERNELS below (float: _f32, double: _f64).
+ * one; the last n % W elements (W lanes per vector) to a float64 scalar. The accumulators are
+ * added as (a0 + a1) + (a2 + a3), its W lanes pairwise, then in float64 plus the scalar.
+ * Element-wise outputs go through the vector code for every element (a tail is padded into
+ * a vector), so an element's result never depends on where a segment starts or ends.
+ *
+ * Channels-last ("rows") loops take a (rows, C) block with unit channel stride: channels
+ * are the vector lanes, rows are the accumulation steps.
  */
 #ifndef GNCPU_SIMD_H
 #define GNCPU_SIMD_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #include "_platform.h"
 
 typedef float gn_vf32 __attribute__((vector_size(32)));
 typedef double gn_vf64 __attribute__((vector_size(32)));
+typedef int32_t gn_vi32 __attribute__((vector_size(32)));
+typedef int64_t gn_vi64 __attribute__((vector_size(32)));
+typedef uint32_t gn_vu32 __attribute__((vector_size(32)));
+typedef uint16_t gn_vu16 __attribute__((vector_size(16)));
+
+#if defined(__F16C__) || defined(__FMA__)
+#include <immintrin.h>
+#endif
 
 #if defined(__FMA__) && defined(__AVX__)
-#include <immintrin.h>
 #define GN_VFMA_f32(a, b, c) ((gn_vf32)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
 #define GN_VFMA_f64(a, b, c) ((gn_vf64)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(c)))
 #else
 #define GN_VFMA_f32(a, b, c) ((a) * (b) + (c))
 #define GN_VFMA_f64(a, b, c) ((a) * (b) + (c))
 #endif
-#define GN_FMA_f32 gn_fmaf
-#define GN_FMA_f64 gn_fma
 
-/* Elements averaged for the shift of a chunk's one-pass moments. */
-#define GN_PILOT 32
+/* Activation codes, shared with Cython. */
+enum { GN_ACT_NONE = 0, GN_ACT_RELU = 1, GN_ACT_SILU = 2 };
 
-#define GN_DEFINE_KERNELS(T, SUF)                                                           \
-enum { GN_W_##SUF = 32 / sizeof(T) };                                                     \
+/* ---- storage <-> compute conversions --------------------------------------------------- */
+
+/* IEEE half -> float, exact. */
+static inline float gn_half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    float f;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else {                                 /* subnormal half: man * 2^-24 */
+        f = (float)man * 5.9604644775390625e-8f;
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* float -> IEEE half, rounding to nearest even (as NumPy's astype does). */
+static inline uint16_t gn_float_to_half(float f)
+{
+    uint32_t bits, sign, exp, man;
+    memcpy(&bits, &f, 4);
+    sign = (bits >> 16) & 0x8000;
+    exp = (bits >> 23) & 0xff;
+    man = bits & 0x7fffff;
+    if (exp == 0xff)                                         /* inf, nan */
+        return (uint16_t)(sign | 0x7c00 | (man ? 0x200 | (man >> 13) : 0));
+    if (exp > 142)                                           /* overflow */
+        return (uint16_t)(sign | 0x7c00);
+    if (exp < 113) {                                         /* subnormal or zero */
+        uint32_t shift, half_man, rem, halfway;
+        if (exp < 102)
+            return (uint16_t)sign;
+        man |= 0x800000;
+        shift = 126 - exp;
+        half_man = man >> shift;
+        rem = man & ((1u << shift) - 1);
+        halfway = 1u << (shift - 1);
+        if (rem > halfway || (rem == halfway && (half_man & 1)))
+            half_man++;
+        return (uint16_t)(sign | half_man);
+    }
+    {
+        uint32_t h = ((exp - 112) << 10) | (man >> 13), rem = man & 0x1fff;
+        if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
+            h++;                                             /* may carry into inf: right */
+        return (uint16_t)(sign | h);
+    }
+}
+
+static inline float gn_bf16_to_float(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* float -> bfloat16, rounding to nearest even; NaN stays NaN. */
+static inline uint16_t gn_float_to_bf16(float f)
+{
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    if ((bits & 0x7fffffff) > 0x7f800000)
+        return (uint16_t)((bits >> 16) | 0x40);
+    return (uint16_t)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+}
+
+static inline gn_vf32 gn_vload_f32(const float *p) { gn_vf32 v; memcpy(&v, p, 32); return v; }
+static inline void gn_vstore_f32(float *p, gn_vf32 v) { memcpy(p, &v, 32); }
+static inline gn_vf64 gn_vload_f64(const double *p) { gn_vf64 v; memcpy(&v, p, 32); return v; }
+static inline void gn_vstore_f64(double *p, gn_vf64 v) { memcpy(p, &v, 32); }
+
+static inline gn_vf32 gn_vload_f16(const uint16_t *p)
+{
+#if defined(__F16C__)
+    return (gn_vf32)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#else
+    gn_vf32 v;
+    int j;
+    for (j = 0; j < 8; j++)
+        v[j] = gn_half_to_float(p[j]);
+    return v;
+#endif
+}
+
+static inline void gn_vstore_f16(uint16_t *p, gn_vf32 v)
+{
+#if defined(__F16C__)
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
+#else
+    int j;
+    for (j = 0; j < 8; j++)
+        p[j] = gn_float_to_half(v[j]);
+#endif
+}
+
+static inline gn_vf32 gn_vload_bf16(const uint16_t *p)
+{
+    gn_vu16 h;
+    gn_vu32 u;
+    memcpy(&h, p, 16);
+    u = __builtin_convertvector(h, gn_vu32) << 16;
+    return (gn_vf32)u;
+}
+
+static inline void gn_vstore_bf16(uint16_t *p, gn_vf32 v)
+{
+    gn_vu32 u = (gn_vu32)v;
+    gn_vu32 nan = (gn_vu32)((u & 0x7fffffff) > 0x7f800000);  /* all ones where NaN */
+    gn_vu32 rounded = (u + 0x7fff + ((u >> 16) & 1)) >> 16;
+    gn_vu32 quiet = (u >> 16) | 0x40;
+    gn_vu16 h = __builtin_convertvector((nan & quiet) | (~nan & rounded), gn_vu16);
+    memcpy(p, &h, 16);
+}
+
+/* ---- exp and activations ------------------------------------------------------------ */
+
+/* exp(x) for float lanes: x = n ln2 + r, |r| <= ln2 / 2; exp(r) by Cephes' degree-6
+ * polynomial; 2^n by adding n to the exponent field. Inputs are clamped to where 2^n is a
+ * normal number; NaN stays NaN. Relative error about 2 ulp. */
+static inline gn_vf32 gn_select_f32(gn_vi32 mask, gn_vf32 a, gn_vf32 b)
+{
+    return (gn_vf32)((mask & (gn_vi32)a) | (~mask & (gn_vi32)b));
+}
+
+static inline gn_vf64 gn_select_f64(gn_vi64 mask, gn_vf64 a, gn_vf64 b)
+{
+    return (gn_vf64)((mask & (gn_vi64)a) | (~mask & (gn_vi64)b));
+}
+
+static inline gn_vf32 gn_vexp_f32(gn_vf32 x)
+{
+    const gn_vf32 nan = x;
+    gn_vf32 t, r, p;
+    gn_vi32 n;
+    x = gn_select_f32(x > 88.3f, (gn_vf32){0} + 88.3f, x);
+    x = gn_select_f32(x < -87.3f, (gn_vf32){0} - 87.3f, x);
+    t = x * 1.44269504088896341f + 128.5f;               /* > 0: truncation is floor */
+    n = __builtin_convertvector(t, gn_vi32) - 128;
+    t = __builtin_convertvector(n, gn_vf32);
+    r = x - t * 0.693359375f + t * 2.12194440e-4f;
+    p = (gn_vf32){0} + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    return gn_select_f32(nan != nan, nan, (gn_vf32)((gn_vi32)p + (n << 23)));
+}
+
+/* exp(x) for double lanes, the same scheme with the Taylor polynomial of degree 13
+ * (truncation error below 1e-17 on |r| <= ln2 / 2). */
+static inline gn_vf64 gn_vexp_f64(gn_vf64 x)
+{
+    static const double c[14] = {
+        1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040,
+        1.0 / 40320, 1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600,
+        1.0 / 6227020800.0};
+    const gn_vf64 nan = x;
+    gn_vf64 t, r, p;
+    gn_vi64 n;
+    int k;
+    x = gn_select_f64(x > 709.0, (gn_vf64){0} + 709.0, x);
+    x = gn_select_f64(x < -708.0, (gn_vf64){0} - 708.0, x);
+    t = x * 1.4426950408889634 + 1024.5;
+    n = __builtin_convertvector(t, gn_vi64) - 1024;
+    t = __builtin_convertvector(n, gn_vf64);
+    r = x - t * 6.93147180369123816490e-1 - t * 1.90821492927058770002e-10;
+    p = (gn_vf64){0} + c[13];
+    for (k = 12; k >= 0; k--)
+        p = p * r + c[k];
+    return gn_select_f64(nan != nan, nan, (gn_vf64)((gn_vi64)p + (n << 52)));
+}
+
+/* ---- the loops, once per storage type ----------------------------------------------- */
+
+#define GN_DEFINE_KERNELS(ST, CT, SUF, VT, W, VFMA, SELECT, VEXP)                            \
                                                                                           \
-static inline gn_v##SUF gn_load_##SUF(const T *p)                                          \
+static inline VT gn_splat_##SUF(CT v) { return (VT){0} + v; }                              \
+                                                                                          \
+/* W elements of a compute-type array (and n < W of them, zero-padded). */                \
+static inline VT gn_vload_c_##SUF(const CT *p) { VT v; memcpy(&v, p, sizeof v); return v; }\
+                                                                                          \
+static inline VT gn_vload_cpart_##SUF(const CT *p, ptrdiff_t n)                            \
 {                                                                                         \
-    gn_v##SUF v;                                                                          \
-    memcpy(&v, p, sizeof v);                                                              \
-    return v;                                                                             \
+    CT tmp[W];                                                                            \
+    memset(tmp, 0, sizeof tmp);                                                           \
+    memcpy(tmp, p, (size_t)n * sizeof(CT));                                               \
+    return gn_vload_c_##SUF(tmp);                                                         \
 }                                                                                         \
                                                                                           \
-static inline void gn_store_##SUF(T *p, gn_v##SUF v) { memcpy(p, &v, sizeof v); }          \
+/* n < W elements of p as a vector, zero-padded (and the way back). */                    \
+static inline VT gn_vload_part_##SUF(const ST *p, ptrdiff_t n)                             \
+{                                                                                         \
+    ST tmp[W];                                                                            \
+    memset(tmp, 0, sizeof tmp);                                                           \
+    memcpy(tmp, p, (size_t)n * sizeof(ST));                                               \
+    return gn_vload_##SUF(tmp);                                                           \
+}                                                                                         \
                                                                                           \
-static inline gn_v##SUF gn_splat_##SUF(T v) { return (gn_v##SUF){0} + v; }                 \
+static inline void gn_vstore_part_##SUF(ST *p, VT v, ptrdiff_t n)                          \
+{                                                                                         \
+    ST tmp[W];                                                                            \
+    gn_vstore_##SUF(tmp, v);                                                              \
+    memcpy(p, tmp, (size_t)n * sizeof(ST));                                               \
+}                                                                                         \
                                                                                           \
 /* (a0 + a1) + (a2 + a3), its W lanes pairwise, then in float64 plus tail. */             \
-static inline double gn_total_##SUF(gn_v##SUF a0, gn_v##SUF a1, gn_v##SUF a2,             \
-                                    gn_v##SUF a3, double tail)                            \
+static inline double gn_total_##SUF(VT a0, VT a1, VT a2, VT a3, double tail)              \
 {                                                                                         \
-    T v[GN_W_##SUF];                                                                      \
-    int j, width = GN_W_##SUF;                                                            \
-    gn_store_##SUF(v, (a0 + a1) + (a2 + a3));                                             \
+    CT v[W];                                                                              \
+    int j, width = W;                                                                     \
+    a0 = (a0 + a1) + (a2 + a3);                                                           \
+    memcpy(v, &a0, sizeof a0);                                                            \
     while (width > 1) {                                                                   \
         width /= 2;                                                                       \
         for (j = 0; j < width; j++)                                                       \
@@ -64,105 +278,311 @@ static inline double gn_total_##SUF(gn_v##SUF a0, gn_v##SUF a1, gn_v##SUF a2,   
     return (double)v[0] + tail;                                                           \
 }                                                                                         \
                                                                                           \
+/* act(p): relu max(p, 0) (NaN stays NaN); silu p * sigmoid(p) = p / (1 + exp(-p)). */   \
+static inline VT gn_act_##SUF(VT p, int act)                                              \
+{                                                                                         \
+    if (act == GN_ACT_RELU)                                                               \
+        return SELECT(p < 0, (VT){0}, p);                                                 \
+    if (act == GN_ACT_SILU)                                                               \
+        return p / (1 + VEXP(-p));                                                        \
+    return p;                                                                             \
+}                                                                                         \
+                                                                                          \
+/* g * act'(p): relu' = [p > 0]; silu' = s (1 + p (1 - s)) with s = sigmoid(p). */       \
+static inline VT gn_act_grad_##SUF(VT g, VT p, int act)                                   \
+{                                                                                         \
+    if (act == GN_ACT_RELU)                                                               \
+        return SELECT(p > 0, g, (VT){0});                                                 \
+    if (act == GN_ACT_SILU) {                                                             \
+        VT s = 1 / (1 + VEXP(-p));                                                        \
+        return g * (s * (1 + p * (1 - s)));                                               \
+    }                                                                                     \
+    return g;                                                                             \
+}                                                                                         \
+                                                                                          \
 /* Moments of x[0:n] in one pass around a shift K, the mean of the first GN_PILOT         \
  * elements: d = x - K;  mean = K + sum(d) / n;  M2 = sum(d^2) - sum(d)^2 / n.            \
  * By Cauchy-Schwarz (K - mean)^2 <= M2 / GN_PILOT, so the cancellation in M2 costs at    \
  * most a factor 1 + n / GN_PILOT in relative error, whatever the data: no E[x^2]-E[x]^2  \
  * blow-up when |mean| >> std. */                                                         \
-static inline void gn_chunk_moments_##SUF(const T *x, ptrdiff_t n, double *mean,          \
+static inline void gn_chunk_moments_##SUF(const ST *x, ptrdiff_t n, double *mean,         \
                                           double *m2)                                     \
 {                                                                                         \
-    const ptrdiff_t W = GN_W_##SUF, pilot = n < GN_PILOT ? n : GN_PILOT;                  \
-    gn_v##SUF s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                                     \
-    gn_v##SUF q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};                                     \
-    gn_v##SUF d, vk;                                                                      \
+    const ptrdiff_t pilot = n < GN_PILOT ? n : GN_PILOT;                                  \
+    VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                                            \
+    VT q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};                                            \
+    VT d, vk;                                                                             \
     ptrdiff_t i;                                                                          \
-    double k = 0, st = 0, qt = 0, sum_d;                                                  \
-    T K;                                                                                  \
-    for (i = 0; i < pilot; i++)                                                           \
-        k += x[i];                                                                        \
-    K = (T)(k / (double)pilot);                                                           \
+    double k, sum_d;                                                                      \
+    CT K;                                                                                 \
+    d = (VT){0};                                                                          \
+    for (i = 0; i + W <= pilot; i += W)                                                   \
+        d += gn_vload_##SUF(x + i);                                                       \
+    if (i < pilot)                                                                        \
+        d += gn_vload_part_##SUF(x + i, pilot - i);                                       \
+    k = gn_total_##SUF(d, (VT){0}, (VT){0}, (VT){0}, 0);                                  \
+    K = (CT)(k / (double)pilot);                                                          \
     vk = gn_splat_##SUF(K);                                                               \
     for (i = 0; i + 4 * W <= n; i += 4 * W) {                                             \
-        d = gn_load_##SUF(x + i) - vk;         s0 += d; q0 = GN_VFMA_##SUF(d, d, q0);     \
-        d = gn_load_##SUF(x + i + W) - vk;     s1 += d; q1 = GN_VFMA_##SUF(d, d, q1);     \
-        d = gn_load_##SUF(x + i + 2 * W) - vk; s2 += d; q2 = GN_VFMA_##SUF(d, d, q2);     \
-        d = gn_load_##SUF(x + i + 3 * W) - vk; s3 += d; q3 = GN_VFMA_##SUF(d, d, q3);     \
+        d = gn_vload_##SUF(x + i) - vk;         s0 += d; q0 = VFMA(d, d, q0);             \
+        d = gn_vload_##SUF(x + i + W) - vk;     s1 += d; q1 = VFMA(d, d, q1);             \
+        d = gn_vload_##SUF(x + i + 2 * W) - vk; s2 += d; q2 = VFMA(d, d, q2);             \
+        d = gn_vload_##SUF(x + i + 3 * W) - vk; s3 += d; q3 = VFMA(d, d, q3);             \
     }                                                                                     \
     for (; i + W <= n; i += W) {                                                          \
-        d = gn_load_##SUF(x + i) - vk;         s0 += d; q0 = GN_VFMA_##SUF(d, d, q0);     \
+        d = gn_vload_##SUF(x + i) - vk;         s0 += d; q0 = VFMA(d, d, q0);             \
     }                                                                                     \
-    for (; i < n; i++) {                                                                  \
-        double e = (double)(x[i] - K);                                                    \
-        st += e;                                                                          \
-        qt += e * e;                                                                      \
+    if (i < n) {               /* padded lanes would add (0 - K): mask them out */        \
+        VT lane = {0}, dt;                                                                \
+        int j;                                                                            \
+        for (j = 0; j < W; j++)                                                           \
+            lane[j] = j < n - i;                                                          \
+        dt = (gn_vload_part_##SUF(x + i, n - i) - vk) * lane;                             \
+        s1 += dt;                                                                         \
+        q1 = VFMA(dt, dt, q1);                                                            \
     }                                                                                     \
-    sum_d = gn_total_##SUF(s0, s1, s2, s3, st);                                           \
+    sum_d = gn_total_##SUF(s0, s1, s2, s3, 0);                                            \
     *mean = (double)K + sum_d / (double)n;                                                \
-    *m2 = gn_total_##SUF(q0, q1, q2, q3, qt) - sum_d * sum_d / (double)n;                 \
+    *m2 = gn_total_##SUF(q0, q1, q2, q3, 0) - sum_d * sum_d / (double)n;                  \
 }                                                                                         \
                                                                                           \
-/* y = (x - m) * a + b over n contiguous elements. */                                     \
-static inline void gn_affine_##SUF(const T *x, T *y, ptrdiff_t n, T m, T a, T b)          \
+/* s = x + r over n contiguous elements (stored, so rounded to ST). */                    \
+static inline void gn_add_##SUF(const ST *x, const ST *r, ST *s, ptrdiff_t n)             \
 {                                                                                         \
-    const ptrdiff_t W = GN_W_##SUF;                                                       \
-    const gn_v##SUF vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a),                       \
-                    vb = gn_splat_##SUF(b);                                               \
-    ptrdiff_t i = 0;                                                                      \
-    for (; i + W <= n; i += W)                                                            \
-        gn_store_##SUF(y + i, GN_VFMA_##SUF(gn_load_##SUF(x + i) - vm, va, vb));          \
-    for (; i < n; i++)                                                                    \
-        y[i] = GN_FMA_##SUF(x[i] - m, a, b);                                              \
-}                                                                                         \
-                                                                                          \
-/* out = [sum(dy), sum(dy * (x - m))] over n contiguous elements. */                      \
-static inline void gn_grad_sums_##SUF(const T *dy, const T *x, ptrdiff_t n, T m,          \
-                                      double *out)                                        \
-{                                                                                         \
-    const ptrdiff_t W = GN_W_##SUF;                                                       \
-    gn_v##SUF a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                     \
-    gn_v##SUF b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                                     \
-    gn_v##SUF g, vm = gn_splat_##SUF(m);                                                  \
     ptrdiff_t i;                                                                          \
-    double at = 0, bt = 0;                                                                \
+    for (i = 0; i + W <= n; i += W)                                                       \
+        gn_vstore_##SUF(s + i, gn_vload_##SUF(x + i) + gn_vload_##SUF(r + i));            \
+    if (i < n)                                                                            \
+        gn_vstore_part_##SUF(s + i, gn_vload_part_##SUF(x + i, n - i)                     \
+                             + gn_vload_part_##SUF(r + i, n - i), n - i);                 \
+}                                                                                         \
+                                                                                          \
+/* y = act((x - m) * a + b) over n contiguous elements. */                                \
+static inline void gn_affine_##SUF(const ST *x, ST *y, ptrdiff_t n, CT m, CT a, CT b,     \
+                                   int act)                                               \
+{                                                                                         \
+    const VT vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b);      \
+    ptrdiff_t i = 0;                                                                      \
+    if (act == GN_ACT_NONE)                                                               \
+        for (; i + W <= n; i += W)                                                        \
+            gn_vstore_##SUF(y + i, VFMA(gn_vload_##SUF(x + i) - vm, va, vb));             \
+    else                                                                                  \
+        for (; i + W <= n; i += W)                                                        \
+            gn_vstore_##SUF(y + i, gn_act_##SUF(VFMA(gn_vload_##SUF(x + i) - vm, va, vb), \
+                                                act));                                    \
+    if (i < n)                                                                            \
+        gn_vstore_part_##SUF(y + i, gn_act_##SUF(VFMA(gn_vload_part_##SUF(x + i, n - i)   \
+                                                      - vm, va, vb), act), n - i);        \
+}                                                                                         \
+                                                                                          \
+/* The gradient reaching the affine: g = dy * act'((x - m) * a + b) (g = dy without). */  \
+static inline VT gn_pre_grad_##SUF(VT dy, VT xc, VT va, VT vb, int act)                   \
+{                                                                                         \
+    return act == GN_ACT_NONE ? dy : gn_act_grad_##SUF(dy, VFMA(xc, va, vb), act);        \
+}                                                                                         \
+                                                                                          \
+/* out = [sum(g), sum(g * (x - m))] over n contiguous elements. */                        \
+static inline void gn_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t n, CT m, CT a,  \
+                                      CT b, int act, double *out)                         \
+{                                                                                         \
+    const VT vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b);      \
+    VT a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                            \
+    VT b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                                            \
+    VT g, xc;                                                                             \
+    ptrdiff_t i;                                                                          \
     for (i = 0; i + 4 * W <= n; i += 4 * W) {                                             \
-        g = gn_load_##SUF(dy + i);                                                        \
-        a0 += g; b0 = GN_VFMA_##SUF(g, gn_load_##SUF(x + i) - vm, b0);                    \
-        g = gn_load_##SUF(dy + i + W);                                                    \
-        a1 += g; b1 = GN_VFMA_##SUF(g, gn_load_##SUF(x + i + W) - vm, b1);                \
-        g = gn_load_##SUF(dy + i + 2 * W);                                                \
-        a2 += g; b2 = GN_VFMA_##SUF(g, gn_load_##SUF(x + i + 2 * W) - vm, b2);            \
-        g = gn_load_##SUF(dy + i + 3 * W);                                                \
-        a3 += g; b3 = GN_VFMA_##SUF(g, gn_load_##SUF(x + i + 3 * W) - vm, b3);            \
+        xc = gn_vload_##SUF(x + i) - vm;                                                  \
+        g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + i), xc, va, vb, act);                   \
+        a0 += g; b0 = VFMA(g, xc, b0);                                                    \
+        xc = gn_vload_##SUF(x + i + W) - vm;                                              \
+        g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + i + W), xc, va, vb, act);               \
+        a1 += g; b1 = VFMA(g, xc, b1);                                                    \
+        xc = gn_vload_##SUF(x + i + 2 * W) - vm;                                          \
+        g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + i + 2 * W), xc, va, vb, act);           \
+        a2 += g; b2 = VFMA(g, xc, b2);                                                    \
+        xc = gn_vload_##SUF(x + i + 3 * W) - vm;                                          \
+        g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + i + 3 * W), xc, va, vb, act);           \
+        a3 += g; b3 = VFMA(g, xc, b3);                                                    \
     }                                                                                     \
     for (; i + W <= n; i += W) {                                                          \
-        g = gn_load_##SUF(dy + i);                                                        \
-        a0 += g; b0 = GN_VFMA_##SUF(g, gn_load_##SUF(x + i) - vm, b0);                    \
+        xc = gn_vload_##SUF(x + i) - vm;                                                  \
+        g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + i), xc, va, vb, act);                   \
+        a0 += g; b0 = VFMA(g, xc, b0);                                                    \
     }                                                                                     \
-    for (; i < n; i++) {                                                                  \
-        at += (double)dy[i];                                                              \
-        bt += (double)dy[i] * (double)(x[i] - m);                                         \
+    if (i < n) {                     /* padded dy is 0, so padded lanes add 0 */          \
+        xc = gn_vload_part_##SUF(x + i, n - i) - vm;                                      \
+        g = gn_pre_grad_##SUF(gn_vload_part_##SUF(dy + i, n - i), xc, va, vb, act);       \
+        a1 += g; b1 = VFMA(g, xc, b1);                                                    \
     }                                                                                     \
-    out[0] = gn_total_##SUF(a0, a1, a2, a3, at);                                          \
-    out[1] = gn_total_##SUF(b0, b1, b2, b3, bt);                                          \
+    out[0] = gn_total_##SUF(a0, a1, a2, a3, 0);                                           \
+    out[1] = gn_total_##SUF(b0, b1, b2, b3, 0);                                           \
 }                                                                                         \
                                                                                           \
-/* dx = a * dy + (b * (x - m) + c) over n contiguous elements. */                         \
-static inline void gn_grad_x_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n, T a,      \
-                                   T b, T m, T c)                                         \
+/* dx = a * g + (c1 * (x - m) + c0), g as in gn_grad_sums (with the same a and b). */     \
+static inline void gn_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t n, CT m,  \
+                                   CT a, CT b, CT c1, CT c0, int act)                     \
 {                                                                                         \
-    const ptrdiff_t W = GN_W_##SUF;                                                       \
-    const gn_v##SUF va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b),                       \
-                    vm = gn_splat_##SUF(m), vc = gn_splat_##SUF(c);                       \
+    const VT vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b),      \
+             v1 = gn_splat_##SUF(c1), v0 = gn_splat_##SUF(c0);                            \
+    VT xc, g;                                                                             \
     ptrdiff_t i = 0;                                                                      \
-    for (; i + W <= n; i += W)                                                            \
-        gn_store_##SUF(dx + i, GN_VFMA_##SUF(va, gn_load_##SUF(dy + i),                   \
-                       GN_VFMA_##SUF(vb, gn_load_##SUF(x + i) - vm, vc)));                \
-    for (; i < n; i++)                                                                    \
-        dx[i] = GN_FMA_##SUF(a, dy[i], GN_FMA_##SUF(b, x[i] - m, c));                     \
+    for (; i + W <= n; i += W) {                                                          \
+        xc = gn_vload_##SUF(x + i) - vm;                                                  \
+        g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + i), xc, va, vb, act);                   \
+        gn_vstore_##SUF(dx + i, VFMA(va, g, VFMA(v1, xc, v0)));                           \
+    }                                                                                     \
+    if (i < n) {                                                                          \
+        xc = gn_vload_part_##SUF(x + i, n - i) - vm;                                      \
+        g = gn_pre_grad_##SUF(gn_vload_part_##SUF(dy + i, n - i), xc, va, vb, act);       \
+        gn_vstore_part_##SUF(dx + i, VFMA(va, g, VFMA(v1, xc, v0)), n - i);               \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* Channels-last. x is (rows, C) with row stride `stride` (elements) and unit channel     \
+ * stride. Per channel c, one pass around K_c, the mean of the first GN_PILOT_ROWS rows   \
+ * (same bound as gn_chunk_moments, with GN_PILOT_ROWS): mean[c], m2[c]. Channels go 4W   \
+ * at a time, then W at a time, then a zero-padded vector. */                             \
+static inline void gn_rows_moments_##SUF(const ST *x, ptrdiff_t rows, ptrdiff_t C,        \
+                                         ptrdiff_t stride, double *mean, double *m2)      \
+{                                                                                         \
+    const ptrdiff_t pilot = rows < GN_PILOT_ROWS ? rows : GN_PILOT_ROWS;                  \
+    ptrdiff_t c = 0, r, j, width, v, nv;                                                  \
+    while (c < C) {                                                                       \
+        VT k[4] = {{0}}, s[4] = {{0}}, q[4] = {{0}}, d;                                   \
+        CT ks[W], ss[W], qs[W];                                                           \
+        width = C - c >= 4 * W ? 4 * W : (C - c >= W ? W : C - c);                        \
+        nv = width >= W ? width / W : 1;                                                  \
+        for (r = 0; r < pilot; r++)                                                       \
+            for (v = 0; v < nv; v++)                                                      \
+                k[v] += width >= W ? gn_vload_##SUF(x + r * stride + c + v * W)           \
+                                   : gn_vload_part_##SUF(x + r * stride + c, width);      \
+        for (v = 0; v < nv; v++)                                                          \
+            k[v] = k[v] / (CT)pilot;                                                      \
+        for (r = 0; r < rows; r++)                                                        \
+            for (v = 0; v < nv; v++) {                                                    \
+                d = (width >= W ? gn_vload_##SUF(x + r * stride + c + v * W)              \
+                                : gn_vload_part_##SUF(x + r * stride + c, width)) - k[v]; \
+                s[v] += d;                                                                \
+                q[v] = VFMA(d, d, q[v]);                                                  \
+            }                                                                             \
+        for (v = 0; v < nv; v++) {                                                        \
+            memcpy(ks, &k[v], sizeof ks);                                                 \
+            memcpy(ss, &s[v], sizeof ss);                                                 \
+            memcpy(qs, &q[v], sizeof qs);                                                 \
+            for (j = 0; j < W && v * W + j < width; j++) {                                \
+                mean[c + v * W + j] = (double)ks[j] + (double)ss[j] / (double)rows;       \
+                m2[c + v * W + j] = (double)qs[j]                                         \
+                    - (double)ss[j] * (double)ss[j] / (double)rows;                       \
+            }                                                                             \
+        }                                                                                 \
+        c += width;                                                                       \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* y[r, c] = act((x[r, c] - m[c]) * a[c] + b[c]) over a (rows, C) block. */               \
+static inline void gn_rows_affine_##SUF(const ST *x, ST *y, ptrdiff_t rows, ptrdiff_t C,  \
+                                        ptrdiff_t xs, ptrdiff_t ys, const CT *m,          \
+                                        const CT *a, const CT *b, int act)                \
+{                                                                                         \
+    ptrdiff_t r, c;                                                                       \
+    for (r = 0; r < rows; r++) {                                                          \
+        const ST *xr = x + r * xs;                                                        \
+        ST *yr = y + r * ys;                                                              \
+        for (c = 0; c + W <= C; c += W)                                                   \
+            gn_vstore_##SUF(yr + c, gn_act_##SUF(VFMA(gn_vload_##SUF(xr + c)               \
+                - gn_vload_c_##SUF(m + c), gn_vload_c_##SUF(a + c),                       \
+                gn_vload_c_##SUF(b + c)), act));                                          \
+        if (c < C)                                                                        \
+            gn_vstore_part_##SUF(yr + c, gn_act_##SUF(VFMA(gn_vload_part_##SUF(xr + c,    \
+                C - c) - gn_vload_cpart_##SUF(m + c, C - c),                              \
+                gn_vload_cpart_##SUF(a + c, C - c), gn_vload_cpart_##SUF(b + c, C - c)),  \
+                act), C - c);                                                             \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* Per channel over a (rows, C) block: db[c] = sum(g), ds[c] = sum(g * (x - m[c])), with  \
+ * g = dy * act'((x - m[c]) * a[c] + b[c]). */                                            \
+static inline void gn_rows_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t rows,     \
+                                           ptrdiff_t C, ptrdiff_t ds_, ptrdiff_t xs,      \
+                                           const CT *m, const CT *a, const CT *b, int act,\
+                                           double *db, double *ds)                        \
+{                                                                                         \
+    ptrdiff_t c = 0, r, j, width, v, nv;                                                  \
+    while (c < C) {                                                                       \
+        VT sa[4] = {{0}}, sb[4] = {{0}}, vm[4], va[4], vb[4], xc, g;                      \
+        CT as[W], bs[W];                                                                  \
+        width = C - c >= 4 * W ? 4 * W : (C - c >= W ? W : C - c);                        \
+        nv = width >= W ? width / W : 1;                                                  \
+        for (v = 0; v < nv; v++) {                                                        \
+            ptrdiff_t w = width >= W ? W : width;                                         \
+            vm[v] = gn_vload_cpart_##SUF(m + c + v * W, w);                               \
+            va[v] = gn_vload_cpart_##SUF(a + c + v * W, w);                               \
+            vb[v] = gn_vload_cpart_##SUF(b + c + v * W, w);                               \
+        }                                                                                 \
+        for (r = 0; r < rows; r++)                                                        \
+            for (v = 0; v < nv; v++) {                                                    \
+                if (width >= W) {                                                         \
+                    xc = gn_vload_##SUF(x + r * xs + c + v * W) - vm[v];                  \
+                    g = gn_vload_##SUF(dy + r * ds_ + c + v * W);                         \
+                } else {                                                                  \
+                    xc = gn_vload_part_##SUF(x + r * xs + c, width) - vm[v];              \
+                    g = gn_vload_part_##SUF(dy + r * ds_ + c, width);                     \
+                }                                                                         \
+                g = gn_pre_grad_##SUF(g, xc, va[v], vb[v], act);                          \
+                sa[v] += g;                                                               \
+                sb[v] = VFMA(g, xc, sb[v]);                                               \
+            }                                                                             \
+        for (v = 0; v < nv; v++) {                                                        \
+            memcpy(as, &sa[v], sizeof as);                                                \
+            memcpy(bs, &sb[v], sizeof bs);                                                \
+            for (j = 0; j < W && v * W + j < width; j++) {                                \
+                db[c + v * W + j] = (double)as[j];                                        \
+                ds[c + v * W + j] = (double)bs[j];                                        \
+            }                                                                             \
+        }                                                                                 \
+        c += width;                                                                       \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* dx[r, c] = a[c] * g + (c1[c] * (x - m[c]) + c0[c]) over a (rows, C) block. */          \
+static inline void gn_rows_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t rows,\
+                                        ptrdiff_t C, ptrdiff_t ds_, ptrdiff_t xs,         \
+                                        ptrdiff_t dxs, const CT *m, const CT *a,          \
+                                        const CT *b, const CT *c1, const CT *c0, int act) \
+{                                                                                         \
+    ptrdiff_t r, c, w;                                                                    \
+    VT xc, g, va;                                                                         \
+    for (r = 0; r < rows; r++)                                                            \
+        for (c = 0; c < C; c += W) {                                                      \
+            w = C - c >= W ? W : C - c;                                                   \
+            if (w == W) {                                                                 \
+                va = gn_vload_c_##SUF(a + c);                                             \
+                xc = gn_vload_##SUF(x + r * xs + c) - gn_vload_c_##SUF(m + c);            \
+                g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + r * ds_ + c), xc, va,           \
+                                      gn_vload_c_##SUF(b + c), act);                      \
+                gn_vstore_##SUF(dx + r * dxs + c, VFMA(va, g, VFMA(gn_vload_c_##SUF(c1 + c),\
+                                xc, gn_vload_c_##SUF(c0 + c))));                          \
+            } else {                                                                      \
+                va = gn_vload_cpart_##SUF(a + c, w);                                      \
+                xc = gn_vload_part_##SUF(x + r * xs + c, w)                               \
+                     - gn_vload_cpart_##SUF(m + c, w);                                    \
+                g = gn_pre_grad_##SUF(gn_vload_part_##SUF(dy + r * ds_ + c, w), xc, va,   \
+                                      gn_vload_cpart_##SUF(b + c, w), act);               \
+                gn_vstore_part_##SUF(dx + r * dxs + c, VFMA(va, g,                        \
+                    VFMA(gn_vload_cpart_##SUF(c1 + c, w), xc,                             \
+                         gn_vload_cpart_##SUF(c0 + c, w))), w);                           \
+            }                                                                             \
+        }                                                                                 \
 }
 
-GN_DEFINE_KERNELS(float, f32)
-GN_DEFINE_KERNELS(double, f64)
+
+/* Elements averaged for the shift of one-pass moments, and rows for channels-last. */
+#define GN_PILOT 32
+#define GN_PILOT_ROWS 8
+
+GN_DEFINE_KERNELS(float, float, f32, gn_vf32, 8, GN_VFMA_f32, gn_select_f32, gn_vexp_f32)
+GN_DEFINE_KERNELS(double, double, f64, gn_vf64, 4, GN_VFMA_f64, gn_select_f64, gn_vexp_f64)
+GN_DEFINE_KERNELS(uint16_t, float, f16, gn_vf32, 8, GN_VFMA_f32, gn_select_f32, gn_vexp_f32)
+GN_DEFINE_KERNELS(uint16_t, float, bf16, gn_vf32, 8, GN_VFMA_f32, gn_select_f32, gn_vexp_f32)
 
 #endif
