@@ -473,24 +473,43 @@ cdef inline void row_chunk_moments(const char* x, const char* res, char* s, cons
 cdef void sample_stats_nhwc(const Layout* L, Py_ssize_t i, const double* parts, double eps,
                             double* chan, real* mean, real* rstd) noexcept nogil:
     """Group statistics of sample i from its row chunks' per-channel moments
-    parts[j * 2C : (j + 1) * 2C], merged per channel in chunk order, then per group in
-    channel order. chan: scratch of 3C doubles."""
-    cdef Py_ssize_t j, c, g, rows
-    cdef Moments run, part
-    for c in range(L.C):
-        run.n = 0; run.mean = 0; run.m2 = 0
-        for j in range(L.row_chunks):
-            rows = min(ROW_CHUNK, L.S - j * ROW_CHUNK)
-            part.n = <double>rows
-            part.mean = parts[j * 2 * L.C + c]
-            part.m2 = parts[j * 2 * L.C + L.C + c]
-            merge_moments(&run, &part)
-        chan[3 * c] = run.n; chan[3 * c + 1] = run.mean; chan[3 * c + 2] = run.m2
+    parts[j * 2C : (j + 1) * 2C] (means, then M2s), merged per channel in chunk order, then
+    per group in channel order. chan: scratch of 3C doubles, (n, mean, M2) per channel.
+
+    Every channel of a chunk has the same count, so Chan's factors nb / n and na * nb / n
+    are computed once per chunk and the loop over channels is division-free."""
+    cdef Py_ssize_t j, c, g
+    cdef double n_run = 0, rows, f, h, d
+    cdef double* run_mean = chan + L.C
+    cdef double* run_m2 = chan + 2 * L.C
+    cdef Moments total
+    for j in range(L.row_chunks):
+        rows = <double>min(ROW_CHUNK, L.S - j * ROW_CHUNK)
+        if j == 0:
+            for c in range(L.C):
+                run_mean[c] = parts[c]
+                run_m2[c] = parts[L.C + c]
+        else:
+            f = rows / (n_run + rows)
+            h = n_run * f
+            for c in range(L.C):
+                d = parts[j * 2 * L.C + c] - run_mean[c]
+                run_mean[c] = run_mean[c] + d * f
+                run_m2[c] = run_m2[c] + parts[j * 2 * L.C + L.C + c] + d * d * h
+        n_run = n_run + rows
     for g in range(L.G):
-        run.n = 0; run.mean = 0; run.m2 = 0
+        total.n = 0; total.mean = 0; total.m2 = 0
         for c in range(g * L.Cg, (g + 1) * L.Cg):
-            merge_moments(&run, <Moments*>&chan[3 * c])
-        finish_stats(&run, eps, i * L.G + g, mean, rstd)
+            merge_channel(&total, n_run, run_mean[c], run_m2[c])
+        finish_stats(&total, eps, i * L.G + g, mean, rstd)
+
+
+cdef inline void merge_channel(Moments* total, double n, double mean, double m2) noexcept nogil:
+    cdef Moments part
+    part.n = n
+    part.mean = mean
+    part.m2 = m2
+    merge_moments(total, &part)
 
 
 cdef void channel_coefficients(const Layout* L, Py_ssize_t i, const real* mean,

@@ -440,42 +440,63 @@ static inline void gn_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t 
                                                                                           \
 /* Channels-last. x is (rows, C) with row stride `stride` (elements) and unit channel     \
  * stride. Per channel c, one pass around K_c, the mean of the first GN_PILOT_ROWS rows   \
- * (same bound as gn_chunk_moments, with GN_PILOT_ROWS): mean[c], m2[c]. Channels go 4W   \
- * at a time, then W at a time, then a zero-padded vector. */                             \
+ * (same bound as gn_chunk_moments, with GN_PILOT_ROWS): mean[c], m2[c]. Channels go in   \
+ * blocks of 4 vectors held in registers, then one (possibly zero-padded) vector. */      \
+static inline void gn_lanes_out_##SUF(VT k, VT s, VT q, ptrdiff_t width, ptrdiff_t rows,  \
+                                      double *mean, double *m2)                           \
+{                                                                                         \
+    CT ks[W], ss[W], qs[W];                                                               \
+    ptrdiff_t j;                                                                          \
+    memcpy(ks, &k, sizeof ks);                                                            \
+    memcpy(ss, &s, sizeof ss);                                                            \
+    memcpy(qs, &q, sizeof qs);                                                            \
+    for (j = 0; j < width; j++) {                                                         \
+        mean[j] = (double)ks[j] + (double)ss[j] / (double)rows;                           \
+        m2[j] = (double)qs[j] - (double)ss[j] * (double)ss[j] / (double)rows;             \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
 static inline void gn_rows_moments_##SUF(const ST *x, ptrdiff_t rows, ptrdiff_t C,        \
                                          ptrdiff_t stride, double *mean, double *m2)      \
 {                                                                                         \
     const ptrdiff_t pilot = rows < GN_PILOT_ROWS ? rows : GN_PILOT_ROWS;                  \
-    ptrdiff_t c = 0, r, j, width, v, nv;                                                  \
-    while (c < C) {                                                                       \
-        VT k[4] = {{0}}, s[4] = {{0}}, q[4] = {{0}}, d;                                   \
-        CT ks[W], ss[W], qs[W];                                                           \
-        width = C - c >= 4 * W ? 4 * W : (C - c >= W ? W : C - c);                        \
-        nv = width >= W ? width / W : 1;                                                  \
-        for (r = 0; r < pilot; r++)                                                       \
-            for (v = 0; v < nv; v++)                                                      \
-                k[v] += width >= W ? gn_vload_##SUF(x + r * stride + c + v * W)           \
-                                   : gn_vload_part_##SUF(x + r * stride + c, width);      \
-        for (v = 0; v < nv; v++)                                                          \
-            k[v] = k[v] / (CT)pilot;                                                      \
-        for (r = 0; r < rows; r++)                                                        \
-            for (v = 0; v < nv; v++) {                                                    \
-                d = (width >= W ? gn_vload_##SUF(x + r * stride + c + v * W)              \
-                                : gn_vload_part_##SUF(x + r * stride + c, width)) - k[v]; \
-                s[v] += d;                                                                \
-                q[v] = VFMA(d, d, q[v]);                                                  \
-            }                                                                             \
-        for (v = 0; v < nv; v++) {                                                        \
-            memcpy(ks, &k[v], sizeof ks);                                                 \
-            memcpy(ss, &s[v], sizeof ss);                                                 \
-            memcpy(qs, &q[v], sizeof qs);                                                 \
-            for (j = 0; j < W && v * W + j < width; j++) {                                \
-                mean[c + v * W + j] = (double)ks[j] + (double)ss[j] / (double)rows;       \
-                m2[c + v * W + j] = (double)qs[j]                                         \
-                    - (double)ss[j] * (double)ss[j] / (double)rows;                       \
-            }                                                                             \
+    const CT inv = (CT)1 / (CT)pilot;                                                     \
+    ptrdiff_t c = 0, r, width;                                                            \
+    for (; c + 4 * W <= C; c += 4 * W) {                                                  \
+        VT k0 = {0}, k1 = {0}, k2 = {0}, k3 = {0}, s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}; \
+        VT q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0}, d;                                     \
+        const ST *p = x + c;                                                              \
+        for (r = 0; r < pilot; r++, p += stride) {                                        \
+            k0 += gn_vload_##SUF(p);         k1 += gn_vload_##SUF(p + W);                 \
+            k2 += gn_vload_##SUF(p + 2 * W); k3 += gn_vload_##SUF(p + 3 * W);             \
         }                                                                                 \
-        c += width;                                                                       \
+        k0 *= inv; k1 *= inv; k2 *= inv; k3 *= inv;                                       \
+        p = x + c;                                                                        \
+        for (r = 0; r < rows; r++, p += stride) {                                         \
+            d = gn_vload_##SUF(p) - k0;         s0 += d; q0 = VFMA(d, d, q0);             \
+            d = gn_vload_##SUF(p + W) - k1;     s1 += d; q1 = VFMA(d, d, q1);             \
+            d = gn_vload_##SUF(p + 2 * W) - k2; s2 += d; q2 = VFMA(d, d, q2);             \
+            d = gn_vload_##SUF(p + 3 * W) - k3; s3 += d; q3 = VFMA(d, d, q3);             \
+        }                                                                                 \
+        gn_lanes_out_##SUF(k0, s0, q0, W, rows, mean + c, m2 + c);                        \
+        gn_lanes_out_##SUF(k1, s1, q1, W, rows, mean + c + W, m2 + c + W);                \
+        gn_lanes_out_##SUF(k2, s2, q2, W, rows, mean + c + 2 * W, m2 + c + 2 * W);        \
+        gn_lanes_out_##SUF(k3, s3, q3, W, rows, mean + c + 3 * W, m2 + c + 3 * W);        \
+    }                                                                                     \
+    for (; c < C; c += width) {                                                           \
+        VT k = {0}, s = {0}, q = {0}, d;                                                  \
+        const ST *p = x + c;                                                              \
+        width = C - c < W ? C - c : W;                                                    \
+        for (r = 0; r < pilot; r++, p += stride)                                          \
+            k += width == W ? gn_vload_##SUF(p) : gn_vload_part_##SUF(p, width);          \
+        k *= inv;                                                                         \
+        p = x + c;                                                                        \
+        for (r = 0; r < rows; r++, p += stride) {                                         \
+            d = (width == W ? gn_vload_##SUF(p) : gn_vload_part_##SUF(p, width)) - k;     \
+            s += d;                                                                       \
+            q = VFMA(d, d, q);                                                            \
+        }                                                                                 \
+        gn_lanes_out_##SUF(k, s, q, width, rows, mean + c, m2 + c);                       \
     }                                                                                     \
 }                                                                                         \
                                                                                           \
@@ -501,46 +522,41 @@ static inline void gn_rows_affine_##SUF(const ST *x, ST *y, ptrdiff_t rows, ptrd
 }                                                                                         \
                                                                                           \
 /* Per channel over a (rows, C) block: db[c] = sum(g), ds[c] = sum(g * (x - m[c])), with  \
- * g = dy * act'((x - m[c]) * a[c] + b[c]). */                                            \
+ * g = dy * act'((x - m[c]) * a[c] + b[c]); channels one vector at a time. */            \
 static inline void gn_rows_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t rows,     \
                                            ptrdiff_t C, ptrdiff_t ds_, ptrdiff_t xs,      \
                                            const CT *m, const CT *a, const CT *b, int act,\
                                            double *db, double *ds)                        \
 {                                                                                         \
-    ptrdiff_t c = 0, r, j, width, v, nv;                                                  \
-    while (c < C) {                                                                       \
-        VT sa[4] = {{0}}, sb[4] = {{0}}, vm[4], va[4], vb[4], xc, g;                      \
+    ptrdiff_t c, r, j, width;                                                             \
+    for (c = 0; c < C; c += W) {                                                          \
+        VT sa = {0}, sb = {0}, xc, g, vm, va, vb;                                         \
+        const ST *px = x + c, *pd = dy + c;                                               \
         CT as[W], bs[W];                                                                  \
-        width = C - c >= 4 * W ? 4 * W : (C - c >= W ? W : C - c);                        \
-        nv = width >= W ? width / W : 1;                                                  \
-        for (v = 0; v < nv; v++) {                                                        \
-            ptrdiff_t w = width >= W ? W : width;                                         \
-            vm[v] = gn_vload_cpart_##SUF(m + c + v * W, w);                               \
-            va[v] = gn_vload_cpart_##SUF(a + c + v * W, w);                               \
-            vb[v] = gn_vload_cpart_##SUF(b + c + v * W, w);                               \
-        }                                                                                 \
-        for (r = 0; r < rows; r++)                                                        \
-            for (v = 0; v < nv; v++) {                                                    \
-                if (width >= W) {                                                         \
-                    xc = gn_vload_##SUF(x + r * xs + c + v * W) - vm[v];                  \
-                    g = gn_vload_##SUF(dy + r * ds_ + c + v * W);                         \
-                } else {                                                                  \
-                    xc = gn_vload_part_##SUF(x + r * xs + c, width) - vm[v];              \
-                    g = gn_vload_part_##SUF(dy + r * ds_ + c, width);                     \
-                }                                                                         \
-                g = gn_pre_grad_##SUF(g, xc, va[v], vb[v], act);                          \
-                sa[v] += g;                                                               \
-                sb[v] = VFMA(g, xc, sb[v]);                                               \
+        width = C - c < W ? C - c : W;                                                    \
+        vm = gn_vload_cpart_##SUF(m + c, width);                                          \
+        va = gn_vload_cpart_##SUF(a + c, width);                                          \
+        vb = gn_vload_cpart_##SUF(b + c, width);                                          \
+        if (width == W)                                                                   \
+            for (r = 0; r < rows; r++, px += xs, pd += ds_) {                             \
+                xc = gn_vload_##SUF(px) - vm;                                             \
+                g = gn_pre_grad_##SUF(gn_vload_##SUF(pd), xc, va, vb, act);               \
+                sa += g;                                                                  \
+                sb = VFMA(g, xc, sb);                                                     \
             }                                                                             \
-        for (v = 0; v < nv; v++) {                                                        \
-            memcpy(as, &sa[v], sizeof as);                                                \
-            memcpy(bs, &sb[v], sizeof bs);                                                \
-            for (j = 0; j < W && v * W + j < width; j++) {                                \
-                db[c + v * W + j] = (double)as[j];                                        \
-                ds[c + v * W + j] = (double)bs[j];                                        \
+        else                                                                              \
+            for (r = 0; r < rows; r++, px += xs, pd += ds_) {                             \
+                xc = gn_vload_part_##SUF(px, width) - vm;                                 \
+                g = gn_pre_grad_##SUF(gn_vload_part_##SUF(pd, width), xc, va, vb, act);   \
+                sa += g;                                                                  \
+                sb = VFMA(g, xc, sb);                                                     \
             }                                                                             \
+        memcpy(as, &sa, sizeof as);                                                       \
+        memcpy(bs, &sb, sizeof bs);                                                       \
+        for (j = 0; j < width; j++) {                                                     \
+            db[c + j] = (double)as[j];                                                    \
+            ds[c + j] = (double)bs[j];                                                    \
         }                                                                                 \
-        c += width;                                                                       \
     }                                                                                     \
 }                                                                                         \
                                                                                           \

@@ -60,13 +60,23 @@ def import_torch():
     return torch
 
 
-def contenders(shape, groups, dtype, op, threads, torch, with_reference):
-    """{name: zero-argument callable} doing one forward or backward call each."""
+def contenders(shape, groups, dtype, op, threads, torch, with_reference, layout="nchw",
+               activation=None):
+    """{name: zero-argument callable} doing one forward or backward call each.
+
+    layout "nhwc" hands gncpu the channels-last array (channel_axis=-1) and torch the same
+    memory as a channels_last tensor; activation "silu"/"relu" fuses it in gncpu and runs
+    torch's F.silu/F.relu (in place) after its group_norm.
+    """
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(shape).astype(dtype)
     c = shape[1]
+    last = layout == "nhwc"
+    x = rng.standard_normal(shape).astype(dtype)
+    if last:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
     weight = rng.standard_normal(c).astype(dtype)
     bias = rng.standard_normal(c).astype(dtype)
+    axis = -1 if last else 1
     calls = {}
     if op == "floor":
         out = np.empty_like(x)
@@ -75,28 +85,44 @@ def contenders(shape, groups, dtype, op, threads, torch, with_reference):
         return calls
     if op == "forward":
         out = np.empty_like(x)
-        calls["gncpu"] = lambda: group_norm(x, groups, weight, bias, out=out, num_threads=threads)
-        if with_reference:
+        calls["gncpu"] = lambda: group_norm(x, groups, weight, bias, out=out, channel_axis=axis,
+                                            activation=activation, num_threads=threads)
+        if with_reference and not last and activation is None:
             calls["numpy"] = lambda: _reference.group_norm(x, groups, weight, bias)
     else:
-        dy = rng.standard_normal(shape).astype(dtype)
-        _, mean, rstd = group_norm(x, groups, weight, bias, return_stats=True)
-        calls["gncpu"] = lambda: group_norm_backward(dy, x, mean, rstd, groups, weight,
+        dy = rng.standard_normal(x.shape).astype(dtype)
+        _, mean, rstd = group_norm(x, groups, weight, bias, channel_axis=axis, return_stats=True)
+        calls["gncpu"] = lambda: group_norm_backward(dy, x, mean, rstd, groups, weight, bias=bias,
+                                                     activation=activation, channel_axis=axis,
                                                      num_threads=threads)
-        if with_reference:
+        if with_reference and not last and activation is None:
             calls["numpy"] = lambda: _reference.group_norm_backward(dy, x, mean, rstd, groups, weight)
-    if torch is not None:
-        tx, tw, tb = torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias)
-        if op == "forward":
-            fn = torch.nn.functional.group_norm
+    if torch is None:
+        return calls
+    tx, tw, tb = (torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)) if last else x),
+                  torch.from_numpy(weight), torch.from_numpy(bias))
+    if last:
+        tx = tx.contiguous(memory_format=torch.channels_last if len(shape) == 4
+                           else torch.channels_last_3d)
+    if op == "forward":
+        fn = torch.nn.functional.group_norm
+        act = {None: None, "silu": torch.nn.functional.silu,
+               "relu": torch.nn.functional.relu}[activation]
+        if act is None:
             calls["torch"] = lambda: fn(tx, groups, tw, tb, 1e-5)
         else:
-            tdy = torch.from_numpy(dy)
-            tmean, trstd = torch.from_numpy(mean), torch.from_numpy(rstd)
-            hxw = int(np.prod(shape[2:], dtype=np.int64))
-            bwd = torch.ops.aten.native_group_norm_backward
-            calls["torch"] = lambda: bwd(tdy, tx, tmean, trstd, tw, shape[0], c, hxw, groups,
-                                         [True, True, True])
+            calls["torch"] = lambda: act(fn(tx, groups, tw, tb, 1e-5), inplace=True)
+    elif activation is None:
+        tdy = torch.from_numpy(np.ascontiguousarray(np.moveaxis(dy, -1, 1)) if last else dy)
+        if last:
+            tdy = tdy.contiguous(memory_format=tx.suggest_memory_format()
+                                 if hasattr(tx, "suggest_memory_format") else torch.channels_last)
+        tmean = torch.from_numpy(np.ascontiguousarray(mean, dtype=dtype))
+        trstd = torch.from_numpy(np.ascontiguousarray(rstd, dtype=dtype))
+        hxw = int(np.prod(shape[2:], dtype=np.int64))
+        bwd = torch.ops.aten.native_group_norm_backward
+        calls["torch"] = lambda: bwd(tdy, tx, tmean, trstd, tw, shape[0], c, hxw, groups,
+                                     [True, True, True])
     return calls
 
 
@@ -125,7 +151,8 @@ def geomean(values):
     return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
 
 
-def run(suite, dtype, ops, thread_counts, rounds, budget, with_reference, progress):
+def run(suite, dtype, ops, thread_counts, rounds, budget, with_reference, progress,
+        layout="nchw", activation=None):
     torch = import_torch()
     rows = []
     total = sum(1 if op == "floor" else len(suite) for op in ops) * len(thread_counts)
@@ -139,11 +166,12 @@ def run(suite, dtype, ops, thread_counts, rounds, budget, with_reference, progre
                 if progress:
                     print(f"\r[{done}/{total}] {op} {threads}T {label:20s}", end="",
                           file=sys.stderr, flush=True)
-                calls = contenders(shape, groups, dtype, op, threads, torch, with_reference)
+                calls = contenders(shape, groups, dtype, op, threads, torch, with_reference,
+                                   layout, activation)
                 times = time_interleaved(calls, rounds, budget)
                 rows.append({"op": op, "threads": threads, "label": label, "shape": list(shape),
-                             "groups": groups, "dtype": np.dtype(dtype).name,
-                             "seconds": times})
+                             "groups": groups, "dtype": np.dtype(dtype).name, "layout": layout,
+                             "activation": activation, "seconds": times})
     if progress:
         print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
     return rows
@@ -157,7 +185,9 @@ def format_table(rows):
         groups.setdefault((row["op"], row["threads"]), []).append(row)
     for (op, threads), block in groups.items():
         others = [n for n in block[0]["seconds"] if n != "gncpu"]
-        lines.append(f"\n{op}, {block[0]['dtype']}, {threads} thread(s)")
+        extras = "".join(f", {v}" for v in (block[0].get("layout"), block[0].get("activation"))
+                         if v not in (None, "nchw"))
+        lines.append(f"\n{op}, {block[0]['dtype']}{extras}, {threads} thread(s)")
         header = "| shape | G | gncpu us |" + "".join(f" {n} us | {n}/gncpu |" for n in others)
         lines += [header, "|" + "---|" * (header.count("|") - 1)]
         ratios = {n: [] for n in others}
@@ -178,7 +208,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gncpu bench", description=__doc__)
     parser.add_argument("--threads", default=None,
                         help="comma-separated thread counts (default: 1 and the OpenMP maximum)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16"])
+    parser.add_argument("--layout", default="nchw", choices=["nchw", "nhwc"],
+                        help="nhwc: channels-last arrays (4-D and 5-D shapes of the suite)")
+    parser.add_argument("--activation", default=None, choices=["silu", "relu"],
+                        help="fuse an activation (torch runs it in place after group_norm)")
     parser.add_argument("--op", default="all", choices=["forward", "backward", "floor", "all"],
                         help="floor: forward with out= vs np.copyto on a large tensor")
     parser.add_argument("--quick", action="store_true", help="a few shapes, short timings")
@@ -199,6 +233,8 @@ def main(argv=None):
         if min(thread_counts) < 1:
             parser.error(f"--threads={args.threads!r}: thread counts must be at least 1")
     suite = [s for s in SUITE if s[0] in QUICK] if args.quick else SUITE
+    if args.layout == "nhwc":
+        suite = [s for s in suite if len(s[1]) in (4, 5)]
     if args.op != "all":
         ops = [args.op]
     else:
@@ -209,8 +245,11 @@ def main(argv=None):
           f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); NumPy {np.__version__}"
           + (f"; torch {torch.__version__}" if torch else "; torch not installed"))
     print(f"median of {rounds} interleaved rounds; ratio > 1 means gncpu is faster")
+    if args.layout != "nchw" or args.activation:
+        ops = [op for op in ops if op != "floor"]
     rows = run(suite, np.dtype(args.dtype), ops, thread_counts, rounds, budget,
-               not args.no_reference, not args.no_progress and sys.stderr.isatty())
+               not args.no_reference, not args.no_progress and sys.stderr.isatty(),
+               args.layout, args.activation)
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:
