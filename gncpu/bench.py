@@ -126,8 +126,14 @@ def contenders(shape, groups, dtype, op, threads, torch, with_reference, layout=
     return calls
 
 
-def time_interleaved(calls, rounds, budget):
-    """Median seconds per call of each callable, interleaved over rounds."""
+def time_interleaved(calls, rounds, budget, settle=0.0):
+    """Median seconds per call of each callable, interleaved over rounds.
+
+    settle: seconds to sleep before each contender's batch. With several threads, two
+    OpenMP runtimes in one process (torch bundles its own) each keep their workers
+    spinning for a while after a parallel region; on a machine with few cores those
+    spinners starve the other runtime's threads, so each batch starts after they idle.
+    """
     loops = {}
     for name, fn in calls.items():
         fn()
@@ -139,6 +145,8 @@ def time_interleaved(calls, rounds, budget):
     for _ in range(rounds):
         for name, fn in calls.items():
             n = loops[name]
+            if settle:
+                time.sleep(settle)
             start = time.perf_counter()
             for _ in range(n):
                 fn()
@@ -168,7 +176,8 @@ def run(suite, dtype, ops, thread_counts, rounds, budget, with_reference, progre
                           file=sys.stderr, flush=True)
                 calls = contenders(shape, groups, dtype, op, threads, torch, with_reference,
                                    layout, activation)
-                times = time_interleaved(calls, rounds, budget)
+                times = time_interleaved(calls, rounds, budget,
+                                         settle=0.005 if threads > 1 else 0.0)
                 rows.append({"op": op, "threads": threads, "label": label, "shape": list(shape),
                              "groups": groups, "dtype": np.dtype(dtype).name, "layout": layout,
                              "activation": activation, "seconds": times})
