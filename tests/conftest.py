@@ -56,7 +56,8 @@ def case_id(case):
 CASE_IDS = [case_id(c) for c in CASES]
 
 # Memory layouts every function must accept; see ``with_layout``.
-LAYOUTS = ("C", "F", "strided", "negative", "permuted", "readonly", "byteswapped")
+LAYOUTS = ("C", "F", "strided", "negative", "permuted", "channels_last", "readonly",
+           "byteswapped")
 
 
 def random_case(rng, max_size=200_000):
@@ -132,7 +133,8 @@ def with_layout(x, layout):
     C: C-contiguous copy. F: Fortran order. strided: a view with steps 2 along the channels
     and 3 along the last axis into a buffer whose gaps hold NaN (so reading a gap shows).
     negative: negative strides along every axis. permuted: the axes stored in the order
-    (1, 2, ..., 0) and transposed back. readonly: a C copy with writeable=False.
+    (1, 2, ..., 0) and transposed back. channels_last: stored as (N, *spatial, C), i.e. NHWC
+    memory behind the (N, C, H, W) view. readonly: a C copy with writeable=False.
     byteswapped: the non-native byte order (``x.astype('>f4')`` on little-endian).
     """
     x = np.asarray(x)
@@ -153,8 +155,12 @@ def with_layout(x, layout):
     if layout == "negative":
         flip = (slice(None, None, -1),) * x.ndim
         return x[flip].copy()[flip]
-    if layout == "permuted":
-        order = np.roll(np.arange(x.ndim), -1)
+    if layout in ("permuted", "channels_last"):
+        axes = list(range(x.ndim))
+        if layout == "permuted":
+            order = axes[1:] + axes[:1]
+        else:
+            order = axes[:1] + axes[2:] + axes[1:2]
         return np.ascontiguousarray(x.transpose(order)).transpose(np.argsort(order))
     if layout == "readonly":
         out = x.copy()

@@ -190,7 +190,8 @@ def test_eps(rng, eps, dtype):
     check_forward(x, 3, eps=eps)
 
 
-@pytest.mark.parametrize("out_layout", ["C", "F", "strided", "negative"])
+@pytest.mark.parametrize("out_layout", ["C", "F", "strided", "negative",
+                                        "channels_last"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
 def test_out(rng, dtype, out_layout):
     """out= of any layout gets the out-of-place result and is returned."""
@@ -207,7 +208,8 @@ def test_out(rng, dtype, out_layout):
     assert mean.shape == rstd.shape == (3, 3)
 
 
-@pytest.mark.parametrize("layout", ["C", "F", "strided", "negative", "permuted"])
+@pytest.mark.parametrize("layout", ["C", "F", "strided", "negative", "permuted",
+                                    "channels_last"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", [CASES[6], CASES[10]], ids=[CASE_IDS[6], CASE_IDS[10]])
 def test_out_is_x_in_place(rng, case, dtype, layout):

@@ -26,12 +26,12 @@ BATCH_CASES = [((7, 6, 17), 3), ((5, 8, 33, 65), 2), ((9, 4), 4), ((3, 12, 2053)
 BATCH_IDS = ["x".join(map(str, s)) + f"-G{g}" for s, g in BATCH_CASES]
 
 
-@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize("layout", ["C", "F", "channels_last"])
 @pytest.mark.parametrize("num_threads", [None, 1, 4])
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", BATCH_CASES, ids=BATCH_IDS)
 def test_sample_alone_equals_its_slice_of_the_batch(rng, case, dtype, num_threads, layout):
-    """x[i:i+1] of a C batch is contiguous, of an F batch strided: both are covered."""
+    """x[i:i+1] of a C or channels-last batch is contiguous, of an F batch strided."""
     shape, num_groups = case
     x = with_layout(random_array(rng, shape, dtype), layout)
     grad_out = with_layout(random_array(rng, shape, dtype), layout)
@@ -78,7 +78,7 @@ THREAD_IDS = ["x".join(map(str, s)) + f"-G{g}" for s, g in THREAD_CASES]
 THREAD_COUNTS = (2, 3, 4, 7)
 
 
-@pytest.mark.parametrize("layout", ["C", "strided"])
+@pytest.mark.parametrize("layout", ["C", "strided", "channels_last"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", THREAD_CASES, ids=THREAD_IDS)
 def test_thread_count_does_not_change_results(rng, case, dtype, layout):
@@ -154,7 +154,7 @@ def snapshot(arrays):
 
 
 @pytest.mark.parametrize("layout", ["C", "F", "strided", "negative", "permuted",
-                                    "byteswapped"])
+                                    "channels_last", "byteswapped"])
 @pytest.mark.parametrize("dtype", FLOATS + (np.float16,), ids=["f32", "f64", "f16"])
 def test_inputs_are_not_modified(rng, dtype, layout):
     shape, num_groups = (3, 6, 5, 7), 3
