@@ -263,6 +263,17 @@ static inline void gn_vstore_part_##SUF(ST *p, VT v, ptrdiff_t n)               
     memcpy(p, tmp, (size_t)n * sizeof(ST));                                               \
 }                                                                                         \
                                                                                           \
+/* Elements before p reaches the alignment of a stored vector (at most n). Element-wise   \
+ * loops peel them as one zero-padded vector: every lane computes the same value either  \
+ * way, and aligned stores avoid split cache lines (NumPy's buffers sit at 16 mod 64). */  \
+static inline ptrdiff_t gn_head_##SUF(const ST *p, ptrdiff_t n)                            \
+{                                                                                         \
+    const uintptr_t bytes = W * sizeof(ST);                                               \
+    ptrdiff_t k = (ptrdiff_t)(((bytes - ((uintptr_t)p & (bytes - 1))) & (bytes - 1))      \
+                              / sizeof(ST));                                              \
+    return k < n ? k : n;                                                                 \
+}                                                                                         \
+                                                                                          \
 /* (a0 + a1) + (a2 + a3), its W lanes pairwise, then in float64 plus tail. */             \
 static inline double gn_total_##SUF(VT a0, VT a1, VT a2, VT a3, double tail)              \
 {                                                                                         \
@@ -362,7 +373,10 @@ static inline void gn_affine_##SUF(const ST *x, ST *y, ptrdiff_t n, CT m, CT a, 
                                    int act)                                               \
 {                                                                                         \
     const VT vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b);      \
-    ptrdiff_t i = 0;                                                                      \
+    ptrdiff_t i = gn_head_##SUF(y, n);                                                    \
+    if (i > 0)                                                                            \
+        gn_vstore_part_##SUF(y, gn_act_##SUF(VFMA(gn_vload_part_##SUF(x, i) - vm, va, vb),\
+                                             act), i);                                    \
     if (act == GN_ACT_NONE)                                                               \
         for (; i + W <= n; i += W)                                                        \
             gn_vstore_##SUF(y + i, VFMA(gn_vload_##SUF(x + i) - vm, va, vb));             \
@@ -419,23 +433,28 @@ static inline void gn_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t n, CT
 }                                                                                         \
                                                                                           \
 /* dx = a * g + (c1 * (x - m) + c0), g as in gn_grad_sums (with the same a and b). */     \
+static inline VT gn_grad_x_vec_##SUF(VT dy, VT x, VT vm, VT va, VT vb, VT v1, VT v0,       \
+                                     int act)                                             \
+{                                                                                         \
+    VT xc = x - vm;                                                                       \
+    return VFMA(va, gn_pre_grad_##SUF(dy, xc, va, vb, act), VFMA(v1, xc, v0));            \
+}                                                                                         \
+                                                                                          \
 static inline void gn_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t n, CT m,  \
                                    CT a, CT b, CT c1, CT c0, int act)                     \
 {                                                                                         \
     const VT vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b),      \
              v1 = gn_splat_##SUF(c1), v0 = gn_splat_##SUF(c0);                            \
-    VT xc, g;                                                                             \
-    ptrdiff_t i = 0;                                                                      \
-    for (; i + W <= n; i += W) {                                                          \
-        xc = gn_vload_##SUF(x + i) - vm;                                                  \
-        g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + i), xc, va, vb, act);                   \
-        gn_vstore_##SUF(dx + i, VFMA(va, g, VFMA(v1, xc, v0)));                           \
-    }                                                                                     \
-    if (i < n) {                                                                          \
-        xc = gn_vload_part_##SUF(x + i, n - i) - vm;                                      \
-        g = gn_pre_grad_##SUF(gn_vload_part_##SUF(dy + i, n - i), xc, va, vb, act);       \
-        gn_vstore_part_##SUF(dx + i, VFMA(va, g, VFMA(v1, xc, v0)), n - i);               \
-    }                                                                                     \
+    ptrdiff_t i = gn_head_##SUF(dx, n);                                                   \
+    if (i > 0)                                                                            \
+        gn_vstore_part_##SUF(dx, gn_grad_x_vec_##SUF(gn_vload_part_##SUF(dy, i),          \
+            gn_vload_part_##SUF(x, i), vm, va, vb, v1, v0, act), i);                      \
+    for (; i + W <= n; i += W)                                                            \
+        gn_vstore_##SUF(dx + i, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy + i),               \
+            gn_vload_##SUF(x + i), vm, va, vb, v1, v0, act));                             \
+    if (i < n)                                                                            \
+        gn_vstore_part_##SUF(dx + i, gn_grad_x_vec_##SUF(gn_vload_part_##SUF(dy + i, n - i),\
+            gn_vload_part_##SUF(x + i, n - i), vm, va, vb, v1, v0, act), n - i);          \
 }                                                                                         \
                                                                                           \
 /* Channels-last. x is (rows, C) with row stride `stride` (elements) and unit channel     \
