@@ -19,6 +19,10 @@ class GroupNorm:
         Hold a per-channel ``weight`` (ones) and ``bias`` (zeros). Without it they are None.
     dtype : dtype, default numpy.float32
         dtype of ``weight``, ``bias`` and their gradients.
+    channel_axis : {1, -1}, default 1
+        Channels on axis 1 (N, C, *spatial) or last (N, *spatial, C).
+    activation : {None, 'relu', 'silu'}, default None
+        Applied after the affine, in the same pass; backward differentiates through it.
 
     Attributes
     ----------
@@ -42,13 +46,17 @@ class GroupNorm:
     array([15., 15., 15., 15.], dtype=float32)
     """
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32, *,
+                 channel_axis=1, activation=None):
         # Validate now, with the same rules and messages as the functional API.
-        _kernels.group_norm(np.zeros((0, num_channels)), num_groups, eps=eps)
+        _kernels.group_norm(np.zeros((0, num_channels, 1)), num_groups, eps=eps,
+                            activation=activation)
         self.num_groups = num_groups
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
+        self.channel_axis = channel_axis
+        self.activation = activation
         self.weight = np.ones(num_channels, dtype=dtype) if affine else None
         self.bias = np.zeros(num_channels, dtype=dtype) if affine else None
         self.grad_weight = None
@@ -57,12 +65,14 @@ class GroupNorm:
 
     def __repr__(self):
         return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
-                f"affine={self.affine})")
+                f"affine={self.affine}, channel_axis={self.channel_axis}, "
+                f"activation={self.activation!r})")
 
     def forward(self, x):
-        """y = group_norm(x, num_groups, weight, bias, eps); keeps what backward needs."""
+        """y = group_norm(x, num_groups, weight, bias, eps, ...); keeps what backward needs."""
         y, mean, rstd = _kernels.group_norm(x, self.num_groups, self.weight, self.bias,
-                                            self.eps, return_stats=True)
+                                            self.eps, channel_axis=self.channel_axis,
+                                            activation=self.activation, return_stats=True)
         self._saved = (x, mean, rstd)
         return y
 
@@ -74,7 +84,8 @@ class GroupNorm:
             raise RuntimeError("backward() needs a forward() call first")
         x, mean, rstd = self._saved
         grad_x, grad_weight, grad_bias = _kernels.group_norm_backward(
-            grad_out, x, mean, rstd, self.num_groups, self.weight)
+            grad_out, x, mean, rstd, self.num_groups, self.weight, bias=self.bias,
+            activation=self.activation, channel_axis=self.channel_axis)
         if self.affine:
             self.grad_weight = grad_weight.astype(self.weight.dtype, copy=False)
             self.grad_bias = grad_bias.astype(self.bias.dtype, copy=False)
