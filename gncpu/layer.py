@@ -64,9 +64,11 @@ class GroupNorm:
         self._saved = None
 
     def __repr__(self):
+        extra = "" if self.channel_axis == 1 else f", channel_axis={self.channel_axis}"
+        if self.activation is not None:
+            extra += f", activation={self.activation!r}"
         return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
-                f"affine={self.affine}, channel_axis={self.channel_axis}, "
-                f"activation={self.activation!r})")
+                f"affine={self.affine}{extra})")
 
     def forward(self, x):
         """y = group_norm(x, num_groups, weight, bias, eps, ...); keeps what backward needs."""
