@@ -884,6 +884,8 @@ cdef int activation_code(object activation) except -1:
 
 cdef bint channels_last(object channel_axis, int nd) except -1:
     """Whether channel_axis names the last axis (channels-last) rather than axis 1."""
+    if type(channel_axis) is int and channel_axis == 1:
+        return False
     cdef Py_ssize_t k = as_int(channel_axis, "channel_axis")
     cdef Py_ssize_t axis = k + nd if k < 0 else k
     if axis == 1:
@@ -1066,7 +1068,8 @@ cdef cnp.ndarray writable_target(object target, str name, cnp.ndarray x, object 
     if not cnp.PyArray_SAMESHAPE(o, x):
         raise ValueError(f"{name} has shape {(<object>o).shape}; expected x's shape "
                          f"{(<object>x).shape}")
-    if not cnp.PyArray_EquivTypes(o.descr, <cnp.dtype>storage):
+    if not (cnp.PyArray_EquivTypes(o.descr, <cnp.dtype>storage)
+            or o.dtype == x.dtype and o.dtype.newbyteorder("=") == storage):
         raise ValueError(f"{name} has dtype {o.dtype}; expected {storage} for this x")
     if not cnp.PyArray_ISWRITEABLE(o):
         raise ValueError(f"{name} is read-only")
@@ -1200,7 +1203,7 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
     cdef cnp.npy_intp stat_dims[2]
     arr = data_input(x, "x")
     st, storage, typenum = storage_of(arr, "x")
-    last = False if channel_axis == 1 else channels_last(channel_axis, cnp.PyArray_NDIM(arr))
+    last = channels_last(channel_axis, cnp.PyArray_NDIM(arr))
     data_shape(arr, last, &N, &C, &S)
     G = resolve_groups(num_groups, group_size, C)
     w = channel_vector(weight, "weight", C, typenum)
@@ -1218,17 +1221,17 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
     readers = (x3,) if r3 is None else (x3, r3)
     y3 = None
     if out is not None:
-        outarr = out
         y3 = writable_target(out, "out", arr, storage, last, &L.ysN, &L.ys, readers)
+        outarr = out
     if y3 is None:
         y3 = empty_like_c(arr, storage)
         kernel_strides(y3, last, &L.ysN, &L.ys)
     if residual_out is not None:
+        s3 = writable_target(residual_out, "residual_out", arr, storage, last, &L.ssN, &L.ss,
+                             readers)
         resout = residual_out
         if overlaps(resout, y3) or (outarr is not None and overlaps(resout, outarr)):
             raise ValueError("out and residual_out must not overlap")
-        s3 = writable_target(residual_out, "residual_out", arr, storage, last, &L.ssN, &L.ss,
-                             readers)
         if s3 is None:
             s3 = empty_like_c(arr, storage)
             kernel_strides(s3, last, &L.ssN, &L.ss)
@@ -1352,7 +1355,7 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
     arr = data_input(x, "x")
     st, storage, typenum = storage_of(arr, "x")
     dyarr = as_data(grad_out, "grad_out", (<object>arr).shape)
-    last = False if channel_axis == 1 else channels_last(channel_axis, cnp.PyArray_NDIM(arr))
+    last = channels_last(channel_axis, cnp.PyArray_NDIM(arr))
     data_shape(arr, last, &N, &C, &S)
     G = resolve_groups(num_groups, group_size, C)
     m = stats_array(mean, "mean", N, G, typenum)

@@ -1,4 +1,6 @@
 """The GroupNorm layer: parameters and the statistics of the last forward pass."""
+import numbers
+
 import numpy as np
 
 from . import _kernels
@@ -48,8 +50,13 @@ class GroupNorm:
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32, *,
                  channel_axis=1, activation=None):
-        # Validate now, with the same rules and messages as the functional API.
-        _kernels.group_norm(np.zeros((0, num_channels, 1)), num_groups, eps=eps,
+        if type(channel_axis) is bool or not isinstance(channel_axis, numbers.Integral) \
+                or channel_axis not in (1, -1):
+            raise ValueError(f"channel_axis={channel_axis!r} is not supported by the layer: "
+                             "use 1 (channels first) or -1 (channels last)")
+        # Validate the rest now, with the same rules and messages as the functional API.
+        probe = (0, num_channels, 1) if channel_axis == 1 else (0, 1, num_channels)
+        _kernels.group_norm(np.zeros(probe), num_groups, eps=eps, channel_axis=channel_axis,
                             activation=activation)
         self.num_groups = num_groups
         self.num_channels = num_channels

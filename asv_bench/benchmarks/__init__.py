@@ -1,0 +1,1 @@
+"""asv benchmarks of gncpu; see asv_bench/asv.conf.json."""
