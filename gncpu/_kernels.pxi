@@ -611,15 +611,37 @@ cdef inline real scale_of(const Layout* L, Py_ssize_t c, Py_ssize_t p, const rea
     return <real>((1.0 if weight == NULL else <double>weight[c]) * <double>rstd[p])
 
 
+cdef inline void chunk_sums(const char* dy, const char* x, const Layout* L, Py_ssize_t i,
+                            Py_ssize_t c, Py_ssize_t p, Py_ssize_t j, const real* mean,
+                            const real* rstd, const real* weight, const real* bias,
+                            double* out) noexcept nogil:
+    """grad_sums of chunk j of channel c of sample i, in pair p (channels-first)."""
+    cdef Py_ssize_t start = j * CHUNK
+    grad_sums(at(dy, i * L.dsN + c * L.ds + start, L), at(x, i * L.xsN + c * L.xs + start, L),
+              min(CHUNK, L.S - start), L, mean[p], scale_of(L, c, p, rstd, weight),
+              0 if bias == NULL else bias[c], out)
+
+
+cdef inline void chunk_grad_x(const char* dy, const char* x, char* dx, const Layout* L,
+                              Py_ssize_t i, Py_ssize_t c, Py_ssize_t p, Py_ssize_t j,
+                              Py_ssize_t n, const real* mean, const real* rstd,
+                              const real* weight, const real* bias,
+                              const double* terms) noexcept nogil:
+    """grad_x of elements [j * CHUNK, j * CHUNK + n) of channel c of sample i, in pair p."""
+    cdef Py_ssize_t start = j * CHUNK
+    grad_x(at(dy, i * L.dsN + c * L.ds + start, L), at(x, i * L.xsN + c * L.xs + start, L),
+           at(dx, i * L.ysN + c * L.ys + start, L), n, L, mean[p],
+           scale_of(L, c, p, rstd, weight), 0 if bias == NULL else bias[c],
+           <real>terms[2 * p], <real>terms[2 * p + 1])
+
+
 cdef inline void channel_chunk_sums(const char* dy, const char* x, const Layout* L,
                                     Py_ssize_t nc, Py_ssize_t j, const real* mean,
                                     const real* rstd, const real* weight, const real* bias,
                                     double* out) noexcept nogil:
-    """grad_sums of chunk j of channel nc = n * C + c (channels-first)."""
-    cdef Py_ssize_t i = nc // L.C, c = nc % L.C, p = i * L.G + c // L.Cg, start = j * CHUNK
-    grad_sums(at(dy, i * L.dsN + c * L.ds + start, L), at(x, i * L.xsN + c * L.xs + start, L),
-              min(CHUNK, L.S - start), L, mean[p], scale_of(L, c, p, rstd, weight),
-              0 if bias == NULL else bias[c], out)
+    """chunk_sums of chunk j of channel nc = n * C + c (channels-first)."""
+    cdef Py_ssize_t i = nc // L.C, c = nc % L.C
+    chunk_sums(dy, x, L, i, c, i * L.G + c // L.Cg, j, mean, rstd, weight, bias, out)
 
 
 cdef inline void channel_chunk_grad_x(const char* dy, const char* x, char* dx,
@@ -627,12 +649,10 @@ cdef inline void channel_chunk_grad_x(const char* dy, const char* x, char* dx,
                                       Py_ssize_t n, const real* mean, const real* rstd,
                                       const real* weight, const real* bias,
                                       const double* terms) noexcept nogil:
-    """grad_x of elements [j * CHUNK, j * CHUNK + n) of channel nc (channels-first)."""
-    cdef Py_ssize_t i = nc // L.C, c = nc % L.C, p = i * L.G + c // L.Cg, start = j * CHUNK
-    grad_x(at(dy, i * L.dsN + c * L.ds + start, L), at(x, i * L.xsN + c * L.xs + start, L),
-           at(dx, i * L.ysN + c * L.ys + start, L), n, L, mean[p],
-           scale_of(L, c, p, rstd, weight), 0 if bias == NULL else bias[c],
-           <real>terms[2 * p], <real>terms[2 * p + 1])
+    """chunk_grad_x of chunk j (n elements) of channel nc (channels-first)."""
+    cdef Py_ssize_t i = nc // L.C, c = nc % L.C
+    chunk_grad_x(dy, x, dx, L, i, c, i * L.G + c // L.Cg, j, n, mean, rstd, weight, bias,
+                 terms)
 
 
 cdef void backward_pair(const char* dy, const char* x, char* dx, const Layout* L,
@@ -641,22 +661,22 @@ cdef void backward_pair(const char* dy, const char* x, char* dx, const Layout* L
                         double* terms) noexcept nogil:
     """Pair p: per-channel sums (chunk sums added in order), the pair's two terms, then
     grad_x, its data still in cache."""
-    cdef Py_ssize_t nc, j
-    cdef Py_ssize_t nc0 = (p // L.G) * L.C + (p % L.G) * L.Cg
+    cdef Py_ssize_t c, j
+    cdef Py_ssize_t i = p // L.G, c0 = (p % L.G) * L.Cg
     cdef double part[2]
     cdef double a, b
-    for nc in range(nc0, nc0 + L.Cg):
+    for c in range(c0, c0 + L.Cg):
         a = 0
         b = 0
         for j in range(L.row_chunks):
-            channel_chunk_sums(dy, x, L, nc, j, mean, rstd, weight, bias, part)
+            chunk_sums(dy, x, L, i, c, p, j, mean, rstd, weight, bias, part)
             a = a + part[0]
             b = b + part[1]
-        db[nc] = a
-        ds[nc] = b
+        db[i * L.C + c] = a
+        ds[i * L.C + c] = b
     pair_terms(L, p, rstd, weight, db, ds, terms)
-    for nc in range(nc0, nc0 + L.Cg):
-        channel_chunk_grad_x(dy, x, dx, L, nc, 0, L.S, mean, rstd, weight, bias, terms)
+    for c in range(c0, c0 + L.Cg):
+        chunk_grad_x(dy, x, dx, L, i, c, p, 0, L.S, mean, rstd, weight, bias, terms)
 
 
 cdef void backward_nchw(const char* dy, const char* x, char* dx, const Layout* L,

@@ -395,15 +395,18 @@ static inline VT gn_pre_grad_##SUF(VT dy, VT xc, VT va, VT vb, int act)         
     return act == GN_ACT_NONE ? dy : gn_act_grad_##SUF(dy, VFMA(xc, va, vb), act);        \
 }                                                                                         \
                                                                                           \
-/* out = [sum(g), sum(g * (x - m))] over n contiguous elements. */                        \
-static inline void gn_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t n, CT m, CT a,  \
-                                      CT b, int act, double *out)                         \
+/* out = [sum(g), sum(g * (x - m))] over n contiguous elements. The last n % W elements  \
+ * (when n >= W) come from the vector ending at n, its lanes already summed selected out:  \
+ * no copying through the stack. Inlined into one copy per activation below, so the      \
+ * copy without one keeps its 8 accumulators in registers. */                             \
+static inline __attribute__((always_inline)) void gn_grad_sums_loop_##SUF(                \
+    const ST *dy, const ST *x, ptrdiff_t n, VT vm, VT va, VT vb, int act, double *out)    \
 {                                                                                         \
-    const VT vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b);      \
     VT a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                            \
     VT b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                                            \
-    VT g, xc;                                                                             \
+    VT g, xc, lane;                                                                       \
     ptrdiff_t i;                                                                          \
+    int j;                                                                                \
     for (i = 0; i + 4 * W <= n; i += 4 * W) {                                             \
         xc = gn_vload_##SUF(x + i) - vm;                                                  \
         g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + i), xc, va, vb, act);                   \
@@ -423,13 +426,31 @@ static inline void gn_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t n, CT
         g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + i), xc, va, vb, act);                   \
         a0 += g; b0 = VFMA(g, xc, b0);                                                    \
     }                                                                                     \
-    if (i < n) {                     /* padded dy is 0, so padded lanes add 0 */          \
+    if (i < n && n >= W) {                                                                \
+        for (j = 0; j < W; j++)                                                           \
+            lane[j] = (CT)j;                                                              \
+        xc = gn_vload_##SUF(x + n - W) - vm;                                              \
+        g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + n - W), xc, va, vb, act);               \
+        xc = SELECT(lane >= (CT)(W - (n - i)), xc, (VT){0});                              \
+        g = SELECT(lane >= (CT)(W - (n - i)), g, (VT){0});                                \
+        a1 += g; b1 = VFMA(g, xc, b1);                                                    \
+    } else if (i < n) {              /* padded dy is 0, so padded lanes add 0 */          \
         xc = gn_vload_part_##SUF(x + i, n - i) - vm;                                      \
         g = gn_pre_grad_##SUF(gn_vload_part_##SUF(dy + i, n - i), xc, va, vb, act);       \
         a1 += g; b1 = VFMA(g, xc, b1);                                                    \
     }                                                                                     \
     out[0] = gn_total_##SUF(a0, a1, a2, a3, 0);                                           \
     out[1] = gn_total_##SUF(b0, b1, b2, b3, 0);                                           \
+}                                                                                         \
+                                                                                          \
+static inline void gn_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t n, CT m, CT a,  \
+                                      CT b, int act, double *out)                         \
+{                                                                                         \
+    const VT vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b);      \
+    if (act == GN_ACT_NONE)                                                               \
+        gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, GN_ACT_NONE, out);                  \
+    else                                                                                  \
+        gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, act, out);                          \
 }                                                                                         \
                                                                                           \
 /* dx = a * g + (c1 * (x - m) + c0), g as in gn_grad_sums (with the same a and b). */     \
@@ -440,21 +461,40 @@ static inline VT gn_grad_x_vec_##SUF(VT dy, VT x, VT vm, VT va, VT vb, VT v1, VT
     return VFMA(va, gn_pre_grad_##SUF(dy, xc, va, vb, act), VFMA(v1, xc, v0));            \
 }                                                                                         \
                                                                                           \
+/* With n >= W, only whole vectors: one unaligned at the start, aligned ones from the     \
+ * first aligned element, one ending at n. Overlapping lanes are written twice with the   \
+ * same value (every lane computes alike), so no partial vector goes through the stack. */\
+static inline __attribute__((always_inline)) void gn_grad_x_loop_##SUF(                   \
+    const ST *dy, const ST *x, ST *dx, ptrdiff_t n, VT vm, VT va, VT vb, VT v1, VT v0,    \
+    int act)                                                                              \
+{                                                                                         \
+    ptrdiff_t i;                                                                          \
+    if (n < W) {                                                                          \
+        gn_vstore_part_##SUF(dx, gn_grad_x_vec_##SUF(gn_vload_part_##SUF(dy, n),          \
+            gn_vload_part_##SUF(x, n), vm, va, vb, v1, v0, act), n);                      \
+        return;                                                                           \
+    }                                                                                     \
+    i = gn_head_##SUF(dx, n);                                                             \
+    if (i > 0)                                                                            \
+        gn_vstore_##SUF(dx, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy), gn_vload_##SUF(x), vm,\
+                                                va, vb, v1, v0, act));                    \
+    for (; i + W <= n; i += W)                                                            \
+        gn_vstore_##SUF(dx + i, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy + i),               \
+            gn_vload_##SUF(x + i), vm, va, vb, v1, v0, act));                             \
+    if (i < n)                                                                            \
+        gn_vstore_##SUF(dx + n - W, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy + n - W),       \
+            gn_vload_##SUF(x + n - W), vm, va, vb, v1, v0, act));                         \
+}                                                                                         \
+                                                                                          \
 static inline void gn_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t n, CT m,  \
                                    CT a, CT b, CT c1, CT c0, int act)                     \
 {                                                                                         \
     const VT vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b),      \
              v1 = gn_splat_##SUF(c1), v0 = gn_splat_##SUF(c0);                            \
-    ptrdiff_t i = gn_head_##SUF(dx, n);                                                   \
-    if (i > 0)                                                                            \
-        gn_vstore_part_##SUF(dx, gn_grad_x_vec_##SUF(gn_vload_part_##SUF(dy, i),          \
-            gn_vload_part_##SUF(x, i), vm, va, vb, v1, v0, act), i);                      \
-    for (; i + W <= n; i += W)                                                            \
-        gn_vstore_##SUF(dx + i, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy + i),               \
-            gn_vload_##SUF(x + i), vm, va, vb, v1, v0, act));                             \
-    if (i < n)                                                                            \
-        gn_vstore_part_##SUF(dx + i, gn_grad_x_vec_##SUF(gn_vload_part_##SUF(dy + i, n - i),\
-            gn_vload_part_##SUF(x + i, n - i), vm, va, vb, v1, v0, act), n - i);          \
+    if (act == GN_ACT_NONE)                                                               \
+        gn_grad_x_loop_##SUF(dy, x, dx, n, vm, va, vb, v1, v0, GN_ACT_NONE);              \
+    else                                                                                  \
+        gn_grad_x_loop_##SUF(dy, x, dx, n, vm, va, vb, v1, v0, act);                      \
 }                                                                                         \
                                                                                           \
 /* Channels-last. x is (rows, C) with row stride `stride` (elements) and unit channel     \
