@@ -151,6 +151,26 @@ static inline void gn_vstore_f16(uint16_t *p, gn_vf32 v)
 #endif
 }
 
+/* Non-temporal stores of an aligned vector: for outputs too large to stay in cache, they
+ * skip reading each line before it is written. Plain stores where AVX is not built in. */
+#if defined(__AVX__)
+static inline void gn_vstream_f32(float *p, gn_vf32 v) { _mm256_stream_ps(p, (__m256)v); }
+static inline void gn_vstream_f64(double *p, gn_vf64 v) { _mm256_stream_pd(p, (__m256d)v); }
+static inline void gn_stream_fence(void) { _mm_sfence(); }
+#else
+static inline void gn_vstream_f32(float *p, gn_vf32 v) { gn_vstore_f32(p, v); }
+static inline void gn_vstream_f64(double *p, gn_vf64 v) { gn_vstore_f64(p, v); }
+static inline void gn_stream_fence(void) { }
+#endif
+#if defined(__AVX__) && defined(__F16C__)
+static inline void gn_vstream_f16(uint16_t *p, gn_vf32 v)
+{
+    _mm_stream_si128((__m128i *)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
+}
+#else
+static inline void gn_vstream_f16(uint16_t *p, gn_vf32 v) { gn_vstore_f16(p, v); }
+#endif
+
 static inline gn_vf32 gn_vload_bf16(const uint16_t *p)
 {
     gn_vu16 h;
@@ -169,6 +189,17 @@ static inline void gn_vstore_bf16(uint16_t *p, gn_vf32 v)
     gn_vu16 h = __builtin_convertvector((nan & quiet) | (~nan & rounded), gn_vu16);
     memcpy(p, &h, 16);
 }
+
+#if defined(__AVX__)
+static inline void gn_vstream_bf16(uint16_t *p, gn_vf32 v)
+{
+    uint16_t h[8] __attribute__((aligned(16)));
+    gn_vstore_bf16(h, v);
+    _mm_stream_si128((__m128i *)p, _mm_load_si128((const __m128i *)h));
+}
+#else
+static inline void gn_vstream_bf16(uint16_t *p, gn_vf32 v) { gn_vstore_bf16(p, v); }
+#endif
 
 /* ---- exp and activations ------------------------------------------------------------ */
 
@@ -463,10 +494,11 @@ static inline VT gn_grad_x_vec_##SUF(VT dy, VT x, VT vm, VT va, VT vb, VT v1, VT
                                                                                           \
 /* With n >= W, only whole vectors: one unaligned at the start, aligned ones from the     \
  * first aligned element, one ending at n. Overlapping lanes are written twice with the   \
- * same value (every lane computes alike), so no partial vector goes through the stack. */\
+ * same value (every lane computes alike), so no partial vector goes through the stack.   \
+ * stream: the aligned ones as non-temporal stores. */                                    \
 static inline __attribute__((always_inline)) void gn_grad_x_loop_##SUF(                   \
     const ST *dy, const ST *x, ST *dx, ptrdiff_t n, VT vm, VT va, VT vb, VT v1, VT v0,    \
-    int act)                                                                              \
+    int act, int stream)                                                                  \
 {                                                                                         \
     ptrdiff_t i;                                                                          \
     if (n < W) {                                                                          \
@@ -478,23 +510,30 @@ static inline __attribute__((always_inline)) void gn_grad_x_loop_##SUF(         
     if (i > 0)                                                                            \
         gn_vstore_##SUF(dx, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy), gn_vload_##SUF(x), vm,\
                                                 va, vb, v1, v0, act));                    \
-    for (; i + W <= n; i += W)                                                            \
-        gn_vstore_##SUF(dx + i, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy + i),               \
-            gn_vload_##SUF(x + i), vm, va, vb, v1, v0, act));                             \
+    if (stream) {                                                                         \
+        for (; i + W <= n; i += W)                                                        \
+            gn_vstream_##SUF(dx + i, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy + i),          \
+                gn_vload_##SUF(x + i), vm, va, vb, v1, v0, act));                         \
+        gn_stream_fence();                                                                \
+    } else {                                                                              \
+        for (; i + W <= n; i += W)                                                        \
+            gn_vstore_##SUF(dx + i, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy + i),           \
+                gn_vload_##SUF(x + i), vm, va, vb, v1, v0, act));                         \
+    }                                                                                     \
     if (i < n)                                                                            \
         gn_vstore_##SUF(dx + n - W, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy + n - W),       \
             gn_vload_##SUF(x + n - W), vm, va, vb, v1, v0, act));                         \
 }                                                                                         \
                                                                                           \
 static inline void gn_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t n, CT m,  \
-                                   CT a, CT b, CT c1, CT c0, int act)                     \
+                                   CT a, CT b, CT c1, CT c0, int act, int stream)         \
 {                                                                                         \
     const VT vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b),      \
              v1 = gn_splat_##SUF(c1), v0 = gn_splat_##SUF(c0);                            \
     if (act == GN_ACT_NONE)                                                               \
-        gn_grad_x_loop_##SUF(dy, x, dx, n, vm, va, vb, v1, v0, GN_ACT_NONE);              \
+        gn_grad_x_loop_##SUF(dy, x, dx, n, vm, va, vb, v1, v0, GN_ACT_NONE, stream);      \
     else                                                                                  \
-        gn_grad_x_loop_##SUF(dy, x, dx, n, vm, va, vb, v1, v0, act);                      \
+        gn_grad_x_loop_##SUF(dy, x, dx, n, vm, va, vb, v1, v0, act, stream);              \
 }                                                                                         \
                                                                                           \
 /* Channels-last. x is (rows, C) with row stride `stride` (elements) and unit channel     \
