@@ -69,6 +69,30 @@ cdef extern from "_simd.h" nogil:
                        float m, float a, float b, float c1, float c0, int act, int stream)
     void gn_grad_x_bf16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t n,
                         float m, float a, float b, float c1, float c0, int act, int stream)
+    void gn_pair_grad_sums_f32(const float* dy, const float* x, Py_ssize_t Cg, Py_ssize_t S,
+                              Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, float m, double r,
+                              const float* w, const float* bias, int act, double* db, double* ds)
+    void gn_pair_grad_x_f32(const float* dy, const float* x, float* dx, Py_ssize_t Cg, Py_ssize_t S,
+                           Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
+                           const float* w, const float* bias, float c1, float c0, int act, int stream)
+    void gn_pair_grad_sums_f64(const double* dy, const double* x, Py_ssize_t Cg, Py_ssize_t S,
+                              Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, double m, double r,
+                              const double* w, const double* bias, int act, double* db, double* ds)
+    void gn_pair_grad_x_f64(const double* dy, const double* x, double* dx, Py_ssize_t Cg, Py_ssize_t S,
+                           Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, double m, double r,
+                           const double* w, const double* bias, double c1, double c0, int act, int stream)
+    void gn_pair_grad_sums_f16(const uint16_t* dy, const uint16_t* x, Py_ssize_t Cg, Py_ssize_t S,
+                              Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, float m, double r,
+                              const float* w, const float* bias, int act, double* db, double* ds)
+    void gn_pair_grad_x_f16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t Cg, Py_ssize_t S,
+                           Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
+                           const float* w, const float* bias, float c1, float c0, int act, int stream)
+    void gn_pair_grad_sums_bf16(const uint16_t* dy, const uint16_t* x, Py_ssize_t Cg, Py_ssize_t S,
+                              Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, float m, double r,
+                              const float* w, const float* bias, int act, double* db, double* ds)
+    void gn_pair_grad_x_bf16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t Cg, Py_ssize_t S,
+                           Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
+                           const float* w, const float* bias, float c1, float c0, int act, int stream)
     void gn_rows_moments_f32(const float* x, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t stride,
                              double* mean, double* m2)
     void gn_rows_moments_f64(const double* x, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t stride,
@@ -297,6 +321,42 @@ cdef inline void grad_x(const char* dy, const char* x, char* dx, Py_ssize_t n, c
     else:
         gn_grad_x_bf16(<const uint16_t*>dy, <const uint16_t*>x, <uint16_t*>dx, n, m, a, b, c1,
                        c0, L.act, L.stream)
+
+
+cdef inline void pair_grad_sums(const char* dy, const char* x, const Layout* L, real m,
+                                double r, const real* w, const real* bias, double* db,
+                                double* ds) noexcept nogil:
+    """gn_pair_grad_sums over the Cg channels starting at dy, x (chunks of CHUNK)."""
+    if real is double:
+        gn_pair_grad_sums_f64(<const double*>dy, <const double*>x, L.Cg, L.S, L.ds, L.xs, CHUNK,
+                              m, r, w, bias, L.act, db, ds)
+    elif L.st == ST_F32:
+        gn_pair_grad_sums_f32(<const float*>dy, <const float*>x, L.Cg, L.S, L.ds, L.xs, CHUNK, m,
+                              r, w, bias, L.act, db, ds)
+    elif L.st == ST_F16:
+        gn_pair_grad_sums_f16(<const uint16_t*>dy, <const uint16_t*>x, L.Cg, L.S, L.ds, L.xs,
+                              CHUNK, m, r, w, bias, L.act, db, ds)
+    else:
+        gn_pair_grad_sums_bf16(<const uint16_t*>dy, <const uint16_t*>x, L.Cg, L.S, L.ds, L.xs,
+                               CHUNK, m, r, w, bias, L.act, db, ds)
+
+
+cdef inline void pair_grad_x(const char* dy, const char* x, char* dx, const Layout* L, real m,
+                             double r, const real* w, const real* bias, real c1,
+                             real c0) noexcept nogil:
+    """gn_pair_grad_x over the Cg channels starting at dy, x, dx."""
+    if real is double:
+        gn_pair_grad_x_f64(<const double*>dy, <const double*>x, <double*>dx, L.Cg, L.S, L.ds,
+                           L.xs, L.ys, m, r, w, bias, c1, c0, L.act, L.stream)
+    elif L.st == ST_F32:
+        gn_pair_grad_x_f32(<const float*>dy, <const float*>x, <float*>dx, L.Cg, L.S, L.ds, L.xs,
+                           L.ys, m, r, w, bias, c1, c0, L.act, L.stream)
+    elif L.st == ST_F16:
+        gn_pair_grad_x_f16(<const uint16_t*>dy, <const uint16_t*>x, <uint16_t*>dx, L.Cg, L.S,
+                           L.ds, L.xs, L.ys, m, r, w, bias, c1, c0, L.act, L.stream)
+    else:
+        gn_pair_grad_x_bf16(<const uint16_t*>dy, <const uint16_t*>x, <uint16_t*>dx, L.Cg, L.S,
+                            L.ds, L.xs, L.ys, m, r, w, bias, c1, c0, L.act, L.stream)
 
 
 cdef inline void rows_moments(const char* x, Py_ssize_t rows, Py_ssize_t stride,
@@ -620,37 +680,15 @@ cdef inline real scale_of(const Layout* L, Py_ssize_t c, Py_ssize_t p, const rea
     return <real>((1.0 if weight == NULL else <double>weight[c]) * <double>rstd[p])
 
 
-cdef inline void chunk_sums(const char* dy, const char* x, const Layout* L, Py_ssize_t i,
-                            Py_ssize_t c, Py_ssize_t p, Py_ssize_t j, const real* mean,
-                            const real* rstd, const real* weight, const real* bias,
-                            double* out) noexcept nogil:
-    """grad_sums of chunk j of channel c of sample i, in pair p (channels-first)."""
-    cdef Py_ssize_t start = j * CHUNK
-    grad_sums(at(dy, i * L.dsN + c * L.ds + start, L), at(x, i * L.xsN + c * L.xs + start, L),
-              min(CHUNK, L.S - start), L, mean[p], scale_of(L, c, p, rstd, weight),
-              0 if bias == NULL else bias[c], out)
-
-
-cdef inline void chunk_grad_x(const char* dy, const char* x, char* dx, const Layout* L,
-                              Py_ssize_t i, Py_ssize_t c, Py_ssize_t p, Py_ssize_t j,
-                              Py_ssize_t n, const real* mean, const real* rstd,
-                              const real* weight, const real* bias,
-                              const double* terms) noexcept nogil:
-    """grad_x of elements [j * CHUNK, j * CHUNK + n) of channel c of sample i, in pair p."""
-    cdef Py_ssize_t start = j * CHUNK
-    grad_x(at(dy, i * L.dsN + c * L.ds + start, L), at(x, i * L.xsN + c * L.xs + start, L),
-           at(dx, i * L.ysN + c * L.ys + start, L), n, L, mean[p],
-           scale_of(L, c, p, rstd, weight), 0 if bias == NULL else bias[c],
-           <real>terms[2 * p], <real>terms[2 * p + 1])
-
-
 cdef inline void channel_chunk_sums(const char* dy, const char* x, const Layout* L,
                                     Py_ssize_t nc, Py_ssize_t j, const real* mean,
                                     const real* rstd, const real* weight, const real* bias,
                                     double* out) noexcept nogil:
-    """chunk_sums of chunk j of channel nc = n * C + c (channels-first)."""
-    cdef Py_ssize_t i = nc // L.C, c = nc % L.C
-    chunk_sums(dy, x, L, i, c, i * L.G + c // L.Cg, j, mean, rstd, weight, bias, out)
+    """grad_sums of chunk j of channel nc = n * C + c (channels-first)."""
+    cdef Py_ssize_t i = nc // L.C, c = nc % L.C, p = i * L.G + c // L.Cg, start = j * CHUNK
+    grad_sums(at(dy, i * L.dsN + c * L.ds + start, L), at(x, i * L.xsN + c * L.xs + start, L),
+              min(CHUNK, L.S - start), L, mean[p], scale_of(L, c, p, rstd, weight),
+              0 if bias == NULL else bias[c], out)
 
 
 cdef inline void channel_chunk_grad_x(const char* dy, const char* x, char* dx,
@@ -658,34 +696,29 @@ cdef inline void channel_chunk_grad_x(const char* dy, const char* x, char* dx,
                                       Py_ssize_t n, const real* mean, const real* rstd,
                                       const real* weight, const real* bias,
                                       const double* terms) noexcept nogil:
-    """chunk_grad_x of chunk j (n elements) of channel nc (channels-first)."""
-    cdef Py_ssize_t i = nc // L.C, c = nc % L.C
-    chunk_grad_x(dy, x, dx, L, i, c, i * L.G + c // L.Cg, j, n, mean, rstd, weight, bias,
-                 terms)
+    """grad_x of elements [j * CHUNK, j * CHUNK + n) of channel nc (channels-first)."""
+    cdef Py_ssize_t i = nc // L.C, c = nc % L.C, p = i * L.G + c // L.Cg, start = j * CHUNK
+    grad_x(at(dy, i * L.dsN + c * L.ds + start, L), at(x, i * L.xsN + c * L.xs + start, L),
+           at(dx, i * L.ysN + c * L.ys + start, L), n, L, mean[p],
+           scale_of(L, c, p, rstd, weight), 0 if bias == NULL else bias[c],
+           <real>terms[2 * p], <real>terms[2 * p + 1])
 
 
 cdef void backward_pair(const char* dy, const char* x, char* dx, const Layout* L,
                         Py_ssize_t p, const real* mean, const real* rstd, const real* weight,
                         const real* bias, double* db, double* ds,
                         double* terms) noexcept nogil:
-    """Pair p: per-channel sums (chunk sums added in order), the pair's two terms, then
-    grad_x, its data still in cache."""
-    cdef Py_ssize_t c, j
+    """Pair p: per-channel sums (chunk sums added in order, as backward_nchw's split path
+    does), the pair's two terms, then grad_x, its data still in cache."""
     cdef Py_ssize_t i = p // L.G, c0 = (p % L.G) * L.Cg
-    cdef double part[2]
-    cdef double a, b
-    for c in range(c0, c0 + L.Cg):
-        a = 0
-        b = 0
-        for j in range(L.row_chunks):
-            chunk_sums(dy, x, L, i, c, p, j, mean, rstd, weight, bias, part)
-            a = a + part[0]
-            b = b + part[1]
-        db[i * L.C + c] = a
-        ds[i * L.C + c] = b
+    cdef const real* w = NULL if weight == NULL else weight + c0
+    cdef const real* b = NULL if bias == NULL else bias + c0
+    pair_grad_sums(at(dy, i * L.dsN + c0 * L.ds, L), at(x, i * L.xsN + c0 * L.xs, L), L,
+                   mean[p], <double>rstd[p], w, b, db + i * L.C + c0, ds + i * L.C + c0)
     pair_terms(L, p, rstd, weight, db, ds, terms)
-    for c in range(c0, c0 + L.Cg):
-        chunk_grad_x(dy, x, dx, L, i, c, p, 0, L.S, mean, rstd, weight, bias, terms)
+    pair_grad_x(at(dy, i * L.dsN + c0 * L.ds, L), at(x, i * L.xsN + c0 * L.xs, L),
+                at(dx, i * L.ysN + c0 * L.ys, L), L, mean[p], <double>rstd[p], w, b,
+                <real>terms[2 * p], <real>terms[2 * p + 1])
 
 
 cdef void backward_nchw(const char* dy, const char* x, char* dx, const Layout* L,
