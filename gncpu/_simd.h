@@ -683,17 +683,65 @@ static inline void gn_rows_affine_##SUF(const ST *x, ST *y, ptrdiff_t rows, ptrd
 }                                                                                         \
                                                                                           \
 /* Per channel over a (rows, C) block: db[c] = sum(g), ds[c] = sum(g * (x - m[c])), with  \
- * g = dy * act'((x - m[c]) * a[c] + b[c]); channels one vector at a time. */            \
-static inline void gn_rows_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t rows,     \
-                                           ptrdiff_t C, ptrdiff_t ds_, ptrdiff_t xs,      \
-                                           const CT *m, const CT *a, const CT *b, int act,\
-                                           double *db, double *ds)                        \
+ * g = dy * act'((x - m[c]) * a[c] + b[c]); each channel's lane accumulates the rows in    \
+ * order. Channels go in blocks of 4 vectors (4 independent sums, whole cache lines per    \
+ * row), then one (possibly zero-padded) vector at a time. */                             \
+static inline void gn_lanes_sums_##SUF(VT sa, VT sb, ptrdiff_t width, double *db,          \
+                                       double *ds)                                        \
 {                                                                                         \
-    ptrdiff_t c, r, j, width;                                                             \
-    for (c = 0; c < C; c += W) {                                                          \
+    CT as[W], bs[W];                                                                      \
+    ptrdiff_t j;                                                                          \
+    memcpy(as, &sa, sizeof as);                                                           \
+    memcpy(bs, &sb, sizeof bs);                                                           \
+    for (j = 0; j < width; j++) {                                                         \
+        db[j] = (double)as[j];                                                            \
+        ds[j] = (double)bs[j];                                                            \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+static inline __attribute__((always_inline)) void gn_rows_grad_sums_loop_##SUF(           \
+    const ST *dy, const ST *x, ptrdiff_t rows, ptrdiff_t C, ptrdiff_t ds_, ptrdiff_t xs,  \
+    const CT *m, const CT *a, const CT *b, int act, double *db, double *ds)               \
+{                                                                                         \
+    ptrdiff_t c = 0, r, width;                                                            \
+    for (; c + 4 * W <= C; c += 4 * W) {                                                  \
+        const VT vm0 = gn_vload_c_##SUF(m + c), vm1 = gn_vload_c_##SUF(m + c + W);        \
+        const VT vm2 = gn_vload_c_##SUF(m + c + 2 * W), vm3 = gn_vload_c_##SUF(m + c + 3 * W);\
+        VT sa0 = {0}, sa1 = {0}, sa2 = {0}, sa3 = {0}, sb0 = {0}, sb1 = {0}, sb2 = {0};   \
+        VT sb3 = {0}, xc, g;                                                              \
+        const ST *px = x + c, *pd = dy + c;                                               \
+        for (r = 0; r < rows; r++, px += xs, pd += ds_) {                                 \
+            xc = gn_vload_##SUF(px) - vm0;                                                \
+            g = gn_pre_grad_##SUF(gn_vload_##SUF(pd), xc, gn_vload_c_##SUF(a + c),        \
+                                  gn_vload_c_##SUF(b + c), act);                          \
+            GN_KEEP(g);                                                                   \
+            sa0 += g; sb0 = VFMA(g, xc, sb0);                                             \
+            xc = gn_vload_##SUF(px + W) - vm1;                                            \
+            g = gn_pre_grad_##SUF(gn_vload_##SUF(pd + W), xc, gn_vload_c_##SUF(a + c + W),\
+                                  gn_vload_c_##SUF(b + c + W), act);                      \
+            GN_KEEP(g);                                                                   \
+            sa1 += g; sb1 = VFMA(g, xc, sb1);                                             \
+            xc = gn_vload_##SUF(px + 2 * W) - vm2;                                        \
+            g = gn_pre_grad_##SUF(gn_vload_##SUF(pd + 2 * W), xc,                         \
+                                  gn_vload_c_##SUF(a + c + 2 * W),                        \
+                                  gn_vload_c_##SUF(b + c + 2 * W), act);                  \
+            GN_KEEP(g);                                                                   \
+            sa2 += g; sb2 = VFMA(g, xc, sb2);                                             \
+            xc = gn_vload_##SUF(px + 3 * W) - vm3;                                        \
+            g = gn_pre_grad_##SUF(gn_vload_##SUF(pd + 3 * W), xc,                         \
+                                  gn_vload_c_##SUF(a + c + 3 * W),                        \
+                                  gn_vload_c_##SUF(b + c + 3 * W), act);                  \
+            GN_KEEP(g);                                                                   \
+            sa3 += g; sb3 = VFMA(g, xc, sb3);                                             \
+        }                                                                                 \
+        gn_lanes_sums_##SUF(sa0, sb0, W, db + c, ds + c);                                 \
+        gn_lanes_sums_##SUF(sa1, sb1, W, db + c + W, ds + c + W);                         \
+        gn_lanes_sums_##SUF(sa2, sb2, W, db + c + 2 * W, ds + c + 2 * W);                 \
+        gn_lanes_sums_##SUF(sa3, sb3, W, db + c + 3 * W, ds + c + 3 * W);                 \
+    }                                                                                     \
+    for (; c < C; c += W) {                                                               \
         VT sa = {0}, sb = {0}, xc, g, vm, va, vb;                                         \
         const ST *px = x + c, *pd = dy + c;                                               \
-        CT as[W], bs[W];                                                                  \
         width = C - c < W ? C - c : W;                                                    \
         vm = gn_vload_cpart_##SUF(m + c, width);                                          \
         va = gn_vload_cpart_##SUF(a + c, width);                                          \
@@ -712,50 +760,93 @@ static inline void gn_rows_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t 
                 sa += g;                                                                  \
                 sb = VFMA(g, xc, sb);                                                     \
             }                                                                             \
-        memcpy(as, &sa, sizeof as);                                                       \
-        memcpy(bs, &sb, sizeof bs);                                                       \
-        for (j = 0; j < width; j++) {                                                     \
-            db[c + j] = (double)as[j];                                                    \
-            ds[c + j] = (double)bs[j];                                                    \
+        gn_lanes_sums_##SUF(sa, sb, width, db + c, ds + c);                               \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+static inline void gn_rows_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t rows,     \
+                                           ptrdiff_t C, ptrdiff_t ds_, ptrdiff_t xs,      \
+                                           const CT *m, const CT *a, const CT *b, int act,\
+                                           double *db, double *ds)                        \
+{                                                                                         \
+    if (act == GN_ACT_NONE)                                                               \
+        gn_rows_grad_sums_loop_##SUF(dy, x, rows, C, ds_, xs, m, a, b, GN_ACT_NONE, db, ds);\
+    else                                                                                  \
+        gn_rows_grad_sums_loop_##SUF(dy, x, rows, C, ds_, xs, m, a, b, act, db, ds);      \
+}                                                                                         \
+                                                                                          \
+/* dx[r, c] = a[c] * g + (c1[c] * (x - m[c]) + c0[c]) over a (rows, C) block, in tiles of \
+ * GN_TILE_ROWS rows: per tile, channels in blocks of 2 vectors whose coefficients stay   \
+ * in registers down the tile's rows, then one (possibly partial) vector at a time. */    \
+static inline __attribute__((always_inline)) VT gn_rows_dx_##SUF(VT dy, VT x, VT vm,      \
+    VT va, VT vb, VT v1, VT v0, int act)                                                  \
+{                                                                                         \
+    VT xc = x - vm;                                                                       \
+    return VFMA(va, gn_pre_grad_##SUF(dy, xc, va, vb, act), VFMA(v1, xc, v0));            \
+}                                                                                         \
+                                                                                          \
+static inline __attribute__((always_inline)) void gn_rows_grad_x_loop_##SUF(              \
+    const ST *dy, const ST *x, ST *dx, ptrdiff_t rows, ptrdiff_t C, ptrdiff_t ds_,        \
+    ptrdiff_t xs, ptrdiff_t dxs, const CT *m, const CT *a, const CT *b, const CT *c1,     \
+    const CT *c0, int act)                                                                \
+{                                                                                         \
+    ptrdiff_t r0, r, c, w, end;                                                           \
+    for (r0 = 0; r0 < rows; r0 += GN_TILE_ROWS) {                                         \
+        end = rows - r0 < GN_TILE_ROWS ? rows : r0 + GN_TILE_ROWS;                        \
+        for (c = 0; c + 2 * W <= C; c += 2 * W) {                                         \
+            const VT vm0 = gn_vload_c_##SUF(m + c), vm1 = gn_vload_c_##SUF(m + c + W);    \
+            const VT va0 = gn_vload_c_##SUF(a + c), va1 = gn_vload_c_##SUF(a + c + W);    \
+            const VT vb0 = gn_vload_c_##SUF(b + c), vb1 = gn_vload_c_##SUF(b + c + W);    \
+            const VT v10 = gn_vload_c_##SUF(c1 + c), v11 = gn_vload_c_##SUF(c1 + c + W);  \
+            const VT v00 = gn_vload_c_##SUF(c0 + c), v01 = gn_vload_c_##SUF(c0 + c + W);  \
+            for (r = r0; r < end; r++) {                                                  \
+                gn_vstore_##SUF(dx + r * dxs + c, gn_rows_dx_##SUF(                       \
+                    gn_vload_##SUF(dy + r * ds_ + c), gn_vload_##SUF(x + r * xs + c),     \
+                    vm0, va0, vb0, v10, v00, act));                                       \
+                gn_vstore_##SUF(dx + r * dxs + c + W, gn_rows_dx_##SUF(                   \
+                    gn_vload_##SUF(dy + r * ds_ + c + W), gn_vload_##SUF(x + r * xs + c + W),\
+                    vm1, va1, vb1, v11, v01, act));                                       \
+            }                                                                             \
+        }                                                                                 \
+        for (; c < C; c += W) {                                                           \
+            w = C - c >= W ? W : C - c;                                                   \
+            for (r = r0; r < end; r++)                                                    \
+                if (w == W)                                                               \
+                    gn_vstore_##SUF(dx + r * dxs + c, gn_rows_dx_##SUF(                   \
+                        gn_vload_##SUF(dy + r * ds_ + c), gn_vload_##SUF(x + r * xs + c), \
+                        gn_vload_c_##SUF(m + c), gn_vload_c_##SUF(a + c),                 \
+                        gn_vload_c_##SUF(b + c), gn_vload_c_##SUF(c1 + c),                \
+                        gn_vload_c_##SUF(c0 + c), act));                                  \
+                else                                                                      \
+                    gn_vstore_part_##SUF(dx + r * dxs + c, gn_rows_dx_##SUF(              \
+                        gn_vload_part_##SUF(dy + r * ds_ + c, w),                         \
+                        gn_vload_part_##SUF(x + r * xs + c, w),                           \
+                        gn_vload_cpart_##SUF(m + c, w), gn_vload_cpart_##SUF(a + c, w),   \
+                        gn_vload_cpart_##SUF(b + c, w), gn_vload_cpart_##SUF(c1 + c, w),  \
+                        gn_vload_cpart_##SUF(c0 + c, w), act), w);                        \
         }                                                                                 \
     }                                                                                     \
 }                                                                                         \
                                                                                           \
-/* dx[r, c] = a[c] * g + (c1[c] * (x - m[c]) + c0[c]) over a (rows, C) block. */          \
 static inline void gn_rows_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t rows,\
                                         ptrdiff_t C, ptrdiff_t ds_, ptrdiff_t xs,         \
                                         ptrdiff_t dxs, const CT *m, const CT *a,          \
                                         const CT *b, const CT *c1, const CT *c0, int act) \
 {                                                                                         \
-    ptrdiff_t r, c, w;                                                                    \
-    VT xc, g, va;                                                                         \
-    for (r = 0; r < rows; r++)                                                            \
-        for (c = 0; c < C; c += W) {                                                      \
-            w = C - c >= W ? W : C - c;                                                   \
-            if (w == W) {                                                                 \
-                va = gn_vload_c_##SUF(a + c);                                             \
-                xc = gn_vload_##SUF(x + r * xs + c) - gn_vload_c_##SUF(m + c);            \
-                g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + r * ds_ + c), xc, va,           \
-                                      gn_vload_c_##SUF(b + c), act);                      \
-                gn_vstore_##SUF(dx + r * dxs + c, VFMA(va, g, VFMA(gn_vload_c_##SUF(c1 + c),\
-                                xc, gn_vload_c_##SUF(c0 + c))));                          \
-            } else {                                                                      \
-                va = gn_vload_cpart_##SUF(a + c, w);                                      \
-                xc = gn_vload_part_##SUF(x + r * xs + c, w)                               \
-                     - gn_vload_cpart_##SUF(m + c, w);                                    \
-                g = gn_pre_grad_##SUF(gn_vload_part_##SUF(dy + r * ds_ + c, w), xc, va,   \
-                                      gn_vload_cpart_##SUF(b + c, w), act);               \
-                gn_vstore_part_##SUF(dx + r * dxs + c, VFMA(va, g,                        \
-                    VFMA(gn_vload_cpart_##SUF(c1 + c, w), xc,                             \
-                         gn_vload_cpart_##SUF(c0 + c, w))), w);                           \
-            }                                                                             \
-        }                                                                                 \
+    if (act == GN_ACT_NONE)                                                               \
+        gn_rows_grad_x_loop_##SUF(dy, x, dx, rows, C, ds_, xs, dxs, m, a, b, c1, c0,      \
+                                  GN_ACT_NONE);                                           \
+    else                                                                                  \
+        gn_rows_grad_x_loop_##SUF(dy, x, dx, rows, C, ds_, xs, dxs, m, a, b, c1, c0, act);\
 }
 
 
 /* Elements averaged for the shift of one-pass moments, and rows for channels-last. */
 #define GN_PILOT 32
 #define GN_PILOT_ROWS 8
+/* Rows per tile of the channels-last grad_x: a tile's lines of x, grad_out and grad_x stay
+ * in L1 while the channel blocks sweep it. */
+#define GN_TILE_ROWS 16
 
 GN_DEFINE_KERNELS(float, float, f32, gn_vf32, 8, GN_VFMA_f32, gn_select_f32, gn_vexp_f32)
 GN_DEFINE_KERNELS(double, double, f64, gn_vf64, 4, GN_VFMA_f64, gn_select_f64, gn_vexp_f64)
