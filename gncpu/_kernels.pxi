@@ -69,30 +69,30 @@ cdef extern from "_simd.h" nogil:
                        float m, float a, float b, float c1, float c0, int act, int stream)
     void gn_grad_x_bf16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t n,
                         float m, float a, float b, float c1, float c0, int act, int stream)
-    void gn_pair_grad_sums_f32(const float* dy, const float* x, Py_ssize_t Cg, Py_ssize_t S,
-                              Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, float m, double r,
-                              const float* w, const float* bias, int act, double* db, double* ds)
-    void gn_pair_grad_x_f32(const float* dy, const float* x, float* dx, Py_ssize_t Cg, Py_ssize_t S,
-                           Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
-                           const float* w, const float* bias, float c1, float c0, int act, int stream)
-    void gn_pair_grad_sums_f64(const double* dy, const double* x, Py_ssize_t Cg, Py_ssize_t S,
-                              Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, double m, double r,
-                              const double* w, const double* bias, int act, double* db, double* ds)
-    void gn_pair_grad_x_f64(const double* dy, const double* x, double* dx, Py_ssize_t Cg, Py_ssize_t S,
-                           Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, double m, double r,
-                           const double* w, const double* bias, double c1, double c0, int act, int stream)
-    void gn_pair_grad_sums_f16(const uint16_t* dy, const uint16_t* x, Py_ssize_t Cg, Py_ssize_t S,
-                              Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, float m, double r,
-                              const float* w, const float* bias, int act, double* db, double* ds)
-    void gn_pair_grad_x_f16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t Cg, Py_ssize_t S,
-                           Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
-                           const float* w, const float* bias, float c1, float c0, int act, int stream)
-    void gn_pair_grad_sums_bf16(const uint16_t* dy, const uint16_t* x, Py_ssize_t Cg, Py_ssize_t S,
-                              Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, float m, double r,
-                              const float* w, const float* bias, int act, double* db, double* ds)
-    void gn_pair_grad_x_bf16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t Cg, Py_ssize_t S,
-                           Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
-                           const float* w, const float* bias, float c1, float c0, int act, int stream)
+    void gn_pair_grad_sums_f32(const float* dy, const float* x, Py_ssize_t Cg,
+        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, float m, double r,
+        const float* w, const float* bias, int act, double* db, double* ds)
+    void gn_pair_grad_x_f32(const float* dy, const float* x, float* dx, Py_ssize_t Cg,
+        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
+        const float* w, const float* bias, float c1, float c0, int act, int stream)
+    void gn_pair_grad_sums_f64(const double* dy, const double* x, Py_ssize_t Cg,
+        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, double m, double r,
+        const double* w, const double* bias, int act, double* db, double* ds)
+    void gn_pair_grad_x_f64(const double* dy, const double* x, double* dx, Py_ssize_t Cg,
+        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, double m, double r,
+        const double* w, const double* bias, double c1, double c0, int act, int stream)
+    void gn_pair_grad_sums_f16(const uint16_t* dy, const uint16_t* x, Py_ssize_t Cg,
+        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, float m, double r,
+        const float* w, const float* bias, int act, double* db, double* ds)
+    void gn_pair_grad_x_f16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t Cg,
+        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
+        const float* w, const float* bias, float c1, float c0, int act, int stream)
+    void gn_pair_grad_sums_bf16(const uint16_t* dy, const uint16_t* x, Py_ssize_t Cg,
+        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, float m, double r,
+        const float* w, const float* bias, int act, double* db, double* ds)
+    void gn_pair_grad_x_bf16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t Cg,
+        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
+        const float* w, const float* bias, float c1, float c0, int act, int stream)
     void gn_rows_moments_f32(const float* x, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t stride,
                              double* mean, double* m2)
     void gn_rows_moments_f64(const double* x, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t stride,

@@ -706,7 +706,8 @@ static inline __attribute__((always_inline)) void gn_rows_grad_sums_loop_##SUF( 
     ptrdiff_t c = 0, r, width;                                                            \
     for (; c + 4 * W <= C; c += 4 * W) {                                                  \
         const VT vm0 = gn_vload_c_##SUF(m + c), vm1 = gn_vload_c_##SUF(m + c + W);        \
-        const VT vm2 = gn_vload_c_##SUF(m + c + 2 * W), vm3 = gn_vload_c_##SUF(m + c + 3 * W);\
+        const VT vm2 = gn_vload_c_##SUF(m + c + 2 * W);                                   \
+        const VT vm3 = gn_vload_c_##SUF(m + c + 3 * W);                                   \
         VT sa0 = {0}, sa1 = {0}, sa2 = {0}, sa3 = {0}, sb0 = {0}, sb1 = {0}, sb2 = {0};   \
         VT sb3 = {0}, xc, g;                                                              \
         const ST *px = x + c, *pd = dy + c;                                               \
@@ -770,7 +771,8 @@ static inline void gn_rows_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t 
                                            double *db, double *ds)                        \
 {                                                                                         \
     if (act == GN_ACT_NONE)                                                               \
-        gn_rows_grad_sums_loop_##SUF(dy, x, rows, C, ds_, xs, m, a, b, GN_ACT_NONE, db, ds);\
+        gn_rows_grad_sums_loop_##SUF(dy, x, rows, C, ds_, xs, m, a, b, GN_ACT_NONE, db,   \
+                                     ds);                                                 \
     else                                                                                  \
         gn_rows_grad_sums_loop_##SUF(dy, x, rows, C, ds_, xs, m, a, b, act, db, ds);      \
 }                                                                                         \
@@ -806,7 +808,8 @@ static inline __attribute__((always_inline)) void gn_rows_grad_x_loop_##SUF(    
                     gn_vload_##SUF(dy + r * ds_ + c), gn_vload_##SUF(x + r * xs + c),     \
                     vm0, va0, vb0, v10, v00, act));                                       \
                 gn_vstore_##SUF(dx + r * dxs + c + W, gn_rows_dx_##SUF(                   \
-                    gn_vload_##SUF(dy + r * ds_ + c + W), gn_vload_##SUF(x + r * xs + c + W),\
+                    gn_vload_##SUF(dy + r * ds_ + c + W),                                 \
+                    gn_vload_##SUF(x + r * xs + c + W),                                   \
                     vm1, va1, vb1, v11, v01, act));                                       \
             }                                                                             \
         }                                                                                 \
