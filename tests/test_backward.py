@@ -260,3 +260,13 @@ def test_every_compiled_variant_matches_reference(rng, module_name, case):
         weight = random_affine(rng, shape[1], dtype)[0]
         check_backward(grad_out, x, num_groups, weight, func=module.group_norm_backward,
                        forward=module.group_norm)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
+def test_large_grad_x_written_by_streaming_stores(rng, dtype):
+    """A grad_x of 16 MiB or more takes the non-temporal store path; odd channel lengths
+    put its aligned span between unaligned head and tail vectors."""
+    shape = (2, 8, 519, 521)
+    x, grad_out = random_array(rng, shape, dtype), random_array(rng, shape, dtype)
+    assert x.nbytes >= 1 << 24
+    check_backward(grad_out, x, 2, random_affine(rng, shape[1], dtype)[0])
