@@ -308,6 +308,47 @@ static inline gn_vf64 gn_vsilu_f64(gn_vf64 p)
 #define gn_vsilu_f16 gn_vsilu_f32
 #define gn_vsilu_bf16 gn_vsilu_f32
 
+/* Lane masks for the first n lanes, for AVX2's masked loads and stores of 4- and 8-byte
+ * elements: a partial vector then costs no call to memcpy. */
+#if defined(__AVX2__)
+static inline __m256i gn_lanes32(ptrdiff_t n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static inline __m256i gn_lanes64(ptrdiff_t n)
+{
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+#endif
+
+/* In a partial load or store of T elements: return early through AVX2's masked
+ * instructions where T is float or double (T is float or double exactly when its size
+ * is 4 or 8 here; the other branches are dead code for that T). */
+#if defined(__AVX2__)
+#define GN_MASKED_LOAD(T, VT, p, n)                                                       \
+    do {                                                                                  \
+        if (sizeof(T) == 4)                                                               \
+            return (VT)_mm256_maskload_ps((const float *)(p), gn_lanes32(n));             \
+        if (sizeof(T) == 8)                                                               \
+            return (VT)_mm256_maskload_pd((const double *)(p), gn_lanes64(n));            \
+    } while (0)
+#define GN_MASKED_STORE(T, p, v, n)                                                       \
+    do {                                                                                  \
+        if (sizeof(T) == 4) {                                                             \
+            _mm256_maskstore_ps((float *)(p), gn_lanes32(n), (__m256)(v));                \
+            return;                                                                       \
+        }                                                                                 \
+        if (sizeof(T) == 8) {                                                             \
+            _mm256_maskstore_pd((double *)(p), gn_lanes64(n), (__m256d)(v));              \
+            return;                                                                       \
+        }                                                                                 \
+    } while (0)
+#else
+#define GN_MASKED_LOAD(T, VT, p, n) do { } while (0)
+#define GN_MASKED_STORE(T, p, v, n) do { } while (0)
+#endif
+
 /* ---- the loops, once per storage type ----------------------------------------------- */
 
 #define GN_DEFINE_KERNELS(ST, CT, SUF, VT, W, VFMA, SELECT, VEXP)                            \
@@ -320,6 +361,7 @@ static inline VT gn_vload_c_##SUF(const CT *p) { VT v; memcpy(&v, p, sizeof v); 
 static inline VT gn_vload_cpart_##SUF(const CT *p, ptrdiff_t n)                            \
 {                                                                                         \
     CT tmp[W];                                                                            \
+    GN_MASKED_LOAD(CT, VT, p, n);                                                         \
     memset(tmp, 0, sizeof tmp);                                                           \
     memcpy(tmp, p, (size_t)n * sizeof(CT));                                               \
     return gn_vload_c_##SUF(tmp);                                                         \
@@ -329,6 +371,7 @@ static inline VT gn_vload_cpart_##SUF(const CT *p, ptrdiff_t n)                 
 static inline VT gn_vload_part_##SUF(const ST *p, ptrdiff_t n)                             \
 {                                                                                         \
     ST tmp[W];                                                                            \
+    GN_MASKED_LOAD(ST, VT, p, n);                                                         \
     memset(tmp, 0, sizeof tmp);                                                           \
     memcpy(tmp, p, (size_t)n * sizeof(ST));                                               \
     return gn_vload_##SUF(tmp);                                                           \
@@ -337,6 +380,7 @@ static inline VT gn_vload_part_##SUF(const ST *p, ptrdiff_t n)                  
 static inline void gn_vstore_part_##SUF(ST *p, VT v, ptrdiff_t n)                          \
 {                                                                                         \
     ST tmp[W];                                                                            \
+    GN_MASKED_STORE(ST, p, v, n);                                                         \
     gn_vstore_##SUF(tmp, v);                                                              \
     memcpy(p, tmp, (size_t)n * sizeof(ST));                                               \
 }                                                                                         \
