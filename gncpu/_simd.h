@@ -313,7 +313,8 @@ static inline gn_vf64 gn_vsilu_f64(gn_vf64 p)
 #if defined(__AVX2__)
 static inline __m256i gn_lanes32(ptrdiff_t n)
 {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 static inline __m256i gn_lanes64(ptrdiff_t n)
@@ -641,47 +642,24 @@ static inline void gn_rows_moments_##SUF(const ST *x, ptrdiff_t rows, ptrdiff_t 
     }                                                                                     \
 }                                                                                         \
                                                                                           \
-/* y[r, c] = act((x[r, c] - m[c]) * a[c] + b[c]) over a (rows, C) block, in bands of    \
- * GN_BAND_ROWS rows (a band stays in L1 across its channel blocks). Channels go in       \
- * blocks of 2 vectors whose m, a, b stay in registers down the band's rows (one load per \
- * vector of y, not four), then one (possibly partial) vector at a time. */               \
+/* y[r, c] = act((x[r, c] - m[c]) * a[c] + b[c]) over a (rows, C) block. */               \
 static inline void gn_rows_affine_##SUF(const ST *x, ST *y, ptrdiff_t rows, ptrdiff_t C,  \
                                         ptrdiff_t xs, ptrdiff_t ys, const CT *m,          \
                                         const CT *a, const CT *b, int act)                \
 {                                                                                         \
-    ptrdiff_t r0, r, band, c, w;                                                          \
-    for (r0 = 0; r0 < rows; r0 += band) {                                                 \
-        band = rows - r0 < GN_BAND_ROWS ? rows - r0 : GN_BAND_ROWS;                       \
-        for (c = 0; c + 2 * W <= C; c += 2 * W) {                                         \
-            const VT m0 = gn_vload_c_##SUF(m + c), m1 = gn_vload_c_##SUF(m + c + W);      \
-            const VT a0 = gn_vload_c_##SUF(a + c), a1 = gn_vload_c_##SUF(a + c + W);      \
-            const VT b0 = gn_vload_c_##SUF(b + c), b1 = gn_vload_c_##SUF(b + c + W);      \
-            const ST *px = x + r0 * xs + c;                                               \
-            ST *py = y + r0 * ys + c;                                                     \
-            for (r = 0; r < band; r++, px += xs, py += ys) {                              \
-                gn_vstore_##SUF(py, gn_act_##SUF(VFMA(gn_vload_##SUF(px) - m0, a0, b0),   \
-                                                 act));                                   \
-                gn_vstore_##SUF(py + W, gn_act_##SUF(VFMA(gn_vload_##SUF(px + W) - m1, a1,\
-                                                          b1), act));                     \
-            }                                                                             \
-        }                                                                                 \
-        for (; c < C; c += W) {                                                           \
-            const ST *px = x + r0 * xs + c;                                               \
-            ST *py = y + r0 * ys + c;                                                     \
-            VT vm, va, vb;                                                                \
-            w = C - c < W ? C - c : W;                                                    \
-            vm = gn_vload_cpart_##SUF(m + c, w);                                          \
-            va = gn_vload_cpart_##SUF(a + c, w);                                          \
-            vb = gn_vload_cpart_##SUF(b + c, w);                                          \
-            if (w == W)                                                                   \
-                for (r = 0; r < band; r++, px += xs, py += ys)                            \
-                    gn_vstore_##SUF(py, gn_act_##SUF(VFMA(gn_vload_##SUF(px) - vm, va, vb),\
-                                                     act));                               \
-            else                                                                          \
-                for (r = 0; r < band; r++, px += xs, py += ys)                            \
-                    gn_vstore_part_##SUF(py, gn_act_##SUF(VFMA(gn_vload_part_##SUF(px, w)  \
-                                                               - vm, va, vb), act), w);   \
-        }                                                                                 \
+    ptrdiff_t r, c;                                                                       \
+    for (r = 0; r < rows; r++) {                                                          \
+        const ST *xr = x + r * xs;                                                        \
+        ST *yr = y + r * ys;                                                              \
+        for (c = 0; c + W <= C; c += W)                                                   \
+            gn_vstore_##SUF(yr + c, gn_act_##SUF(VFMA(gn_vload_##SUF(xr + c)               \
+                - gn_vload_c_##SUF(m + c), gn_vload_c_##SUF(a + c),                       \
+                gn_vload_c_##SUF(b + c)), act));                                          \
+        if (c < C)                                                                        \
+            gn_vstore_part_##SUF(yr + c, gn_act_##SUF(VFMA(gn_vload_part_##SUF(xr + c,    \
+                C - c) - gn_vload_cpart_##SUF(m + c, C - c),                              \
+                gn_vload_cpart_##SUF(a + c, C - c), gn_vload_cpart_##SUF(b + c, C - c)),  \
+                act), C - c);                                                             \
     }                                                                                     \
 }                                                                                         \
                                                                                           \
@@ -759,8 +737,6 @@ static inline void gn_rows_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdi
 /* Elements averaged for the shift of one-pass moments, and rows for channels-last. */
 #define GN_PILOT 32
 #define GN_PILOT_ROWS 8
-/* Rows per band of the channels-last affine. */
-#define GN_BAND_ROWS 4
 
 GN_DEFINE_KERNELS(float, float, f32, gn_vf32, 8, GN_VFMA_f32, gn_select_f32, gn_vexp_f32)
 GN_DEFINE_KERNELS(double, double, f64, gn_vf64, 4, GN_VFMA_f64, gn_select_f64, gn_vexp_f64)
