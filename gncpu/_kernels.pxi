@@ -549,14 +549,17 @@ cdef void sample_stats_nhwc(const Layout* L, Py_ssize_t i, const double* parts, 
                             double* chan, real* mean, real* rstd) noexcept nogil:
     """Group statistics of sample i from its row chunks' per-channel moments
     parts[j * 2C : (j + 1) * 2C] (means, then M2s), merged per channel in chunk order, then
-    per group in channel order. chan: scratch of 3C doubles, (n, mean, M2) per channel.
+    per group. chan: scratch of 2C doubles, (mean, M2) per channel.
 
     Every channel of a chunk has the same count, so Chan's factors nb / n and na * nb / n
-    are computed once per chunk and the loop over channels is division-free."""
+    are computed once per chunk and the loop over channels is division-free. The channels
+    of a group have equal counts n too, so their merge is Chan's for equal parts, in two
+    division-free passes: mean = sum(mean_c) / Cg, M2 = sum(M2_c) + n sum((mean_c - mean)^2).
+    """
     cdef Py_ssize_t j, c, g
-    cdef double n_run = 0, rows, f, h, d
-    cdef double* run_mean = chan + L.C
-    cdef double* run_m2 = chan + 2 * L.C
+    cdef double n_run = 0, rows, f, h, d, gm, q, dev
+    cdef double* run_mean = chan
+    cdef double* run_m2 = chan + L.C
     cdef Moments total
     for j in range(L.row_chunks):
         rows = <double>min(ROW_CHUNK, L.S - j * ROW_CHUNK)
@@ -573,30 +576,38 @@ cdef void sample_stats_nhwc(const Layout* L, Py_ssize_t i, const double* parts, 
                 run_m2[c] = run_m2[c] + parts[j * 2 * L.C + L.C + c] + d * d * h
         n_run = n_run + rows
     for g in range(L.G):
-        total.n = 0; total.mean = 0; total.m2 = 0
-        for c in range(g * L.Cg, (g + 1) * L.Cg):
-            merge_channel(&total, n_run, run_mean[c], run_m2[c])
+        total.n = n_run * <double>L.Cg
+        total.mean = 0
+        total.m2 = 0
+        if n_run > 0:
+            gm = 0
+            q = 0
+            dev = 0
+            for c in range(g * L.Cg, (g + 1) * L.Cg):
+                gm = gm + run_mean[c]
+                q = q + run_m2[c]
+            gm = gm / <double>L.Cg
+            for c in range(g * L.Cg, (g + 1) * L.Cg):
+                d = run_mean[c] - gm
+                dev = dev + d * d
+            total.mean = gm
+            total.m2 = q + n_run * dev
         finish_stats(&total, eps, i * L.G + g, mean, rstd)
-
-
-cdef inline void merge_channel(Moments* total, double n, double mean, double m2) noexcept nogil:
-    cdef Moments part
-    part.n = n
-    part.mean = mean
-    part.m2 = m2
-    merge_moments(total, &part)
 
 
 cdef void channel_coefficients(const Layout* L, Py_ssize_t i, const real* mean,
                                const real* rstd, const real* weight, const real* bias,
                                real* m, real* a, real* b) noexcept nogil:
     """Per channel c of sample i: m = mean_g, a = weight_c * rstd_g, b = bias_c."""
-    cdef Py_ssize_t c, p
-    for c in range(L.C):
-        p = i * L.G + c // L.Cg
-        m[c] = mean[p]
-        a[c] = <real>((1.0 if weight == NULL else <double>weight[c]) * <double>rstd[p])
-        b[c] = 0 if bias == NULL else bias[c]
+    cdef Py_ssize_t c, g, p
+    cdef double r
+    for g in range(L.G):
+        p = i * L.G + g
+        r = <double>rstd[p]
+        for c in range(g * L.Cg, (g + 1) * L.Cg):
+            m[c] = mean[p]
+            a[c] = <real>((1.0 if weight == NULL else <double>weight[c]) * r)
+            b[c] = 0 if bias == NULL else bias[c]
 
 
 cdef void forward_sample_nhwc(const char* x, const char* res, char* s, char* y, const Layout* L,
@@ -622,18 +633,18 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
                        real* rstd, double* parts, double* chan, real* coef, bint split,
                        int threads) noexcept nogil:
     """One task per sample (scratch per sample); or, split, row chunks in parallel.
-    parts: N * row_chunks * 2C doubles; chan: N * 3C doubles; coef: N * 3C reals."""
+    parts: N * row_chunks * 2C doubles; chan: N * 2C doubles; coef: N * 3C reals."""
     cdef Py_ssize_t i, j, r0
     cdef Py_ssize_t items = L.N * L.row_chunks, per = 2 * L.C * L.row_chunks
     if not split:
         if threads == 1:
             for i in range(L.N):
                 forward_sample_nhwc(x, res, s, y, L, i, eps, weight, bias, mean, rstd,
-                                    parts + i * per, chan + i * 3 * L.C, coef + i * 3 * L.C)
+                                    parts + i * per, chan + i * 2 * L.C, coef + i * 3 * L.C)
         else:
             for i in prange(L.N, schedule='static', num_threads=threads):
                 forward_sample_nhwc(x, res, s, y, L, i, eps, weight, bias, mean, rstd,
-                                    parts + i * per, chan + i * 3 * L.C, coef + i * 3 * L.C)
+                                    parts + i * per, chan + i * 2 * L.C, coef + i * 3 * L.C)
         return
     for j in prange(items, schedule='static', num_threads=threads):
         row_chunk_moments(x, res, s, L, j // L.row_chunks, j % L.row_chunks,
@@ -1336,21 +1347,21 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
                              <double*>pr, <Moments*>pscr, threads)
     else:
         split = threads > 1 and N < 2 * threads
-        # Per sample: row-chunk moments (2C per chunk), channel moments (3C), coefficients
+        # Per sample: row-chunk moments (2C per chunk), channel moments (2C), coefficients
         # (3C, stored as float64 slots whatever the compute type).
-        per_sample = 2 * C * L.row_chunks + 6 * C
+        per_sample = 2 * C * L.row_chunks + 5 * C
         scratch = np.empty(N * per_sample, dtype=F64)
         pscr = ptr(scratch)
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 forward_nhwc(px, pres, ps, py, &L, e, <float*>pw, <float*>pb, <float*>pm,
                              <float*>pr, <double*>pscr, <double*>pscr + N * 2 * C * L.row_chunks,
-                             <float*>(<double*>pscr + N * (2 * C * L.row_chunks + 3 * C)),
+                             <float*>(<double*>pscr + N * (2 * C * L.row_chunks + 2 * C)),
                              split, threads)
             else:
                 forward_nhwc(px, pres, ps, py, &L, e, <double*>pw, <double*>pb, <double*>pm,
                              <double*>pr, <double*>pscr, <double*>pscr + N * 2 * C * L.row_chunks,
-                             <double*>pscr + N * (2 * C * L.row_chunks + 3 * C),
+                             <double*>pscr + N * (2 * C * L.row_chunks + 2 * C),
                              split, threads)
     if resout is not None and s3 is not resout:
         np.copyto(resout, s3)

@@ -211,9 +211,6 @@ static inline void gn_vstream_bf16(uint16_t *p, gn_vf32 v) { gn_vstore_bf16(p, v
 
 /* ---- exp and activations ------------------------------------------------------------ */
 
-/* exp(x) for float lanes: x = n ln2 + r, |r| <= ln2 / 2; exp(r) by Cephes' degree-6
- * polynomial; 2^n by adding n to the exponent field. Inputs are clamped to where 2^n is a
- * normal number; NaN stays NaN. Relative error about 2 ulp. */
 static inline gn_vf32 gn_select_f32(gn_vi32 mask, gn_vf32 a, gn_vf32 b)
 {
     return (gn_vf32)((mask & (gn_vi32)a) | (~mask & (gn_vi32)b));
@@ -224,50 +221,173 @@ static inline gn_vf64 gn_select_f64(gn_vi64 mask, gn_vf64 a, gn_vf64 b)
     return (gn_vf64)((mask & (gn_vi64)a) | (~mask & (gn_vi64)b));
 }
 
-static inline gn_vf32 gn_vexp_f32(gn_vf32 x)
+/* min(k, x) and max(k, x) with a constant k, as the SSE/AVX instructions define them: x
+ * when either is NaN, so NaN stays NaN. One instruction on AVX. */
+#if defined(__AVX__)
+static inline gn_vf32 gn_vmin_f32(float k, gn_vf32 x)
 {
-    const gn_vf32 nan = x;
-    gn_vf32 t, r, p;
-    gn_vi32 n;
-    x = gn_select_f32(x > 88.3f, (gn_vf32){0} + 88.3f, x);
-    x = gn_select_f32(x < -87.3f, (gn_vf32){0} - 87.3f, x);
-    t = x * 1.44269504088896341f + 128.5f;               /* > 0: truncation is floor */
-    n = __builtin_convertvector(t, gn_vi32) - 128;
-    t = __builtin_convertvector(n, gn_vf32);
-    r = x - t * 0.693359375f + t * 2.12194440e-4f;
-    p = (gn_vf32){0} + 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    return gn_select_f32(nan != nan, nan, (gn_vf32)((gn_vi32)p + (n << 23)));
+    return (gn_vf32)_mm256_min_ps(_mm256_set1_ps(k), (__m256)x);
+}
+static inline gn_vf32 gn_vmax_f32(float k, gn_vf32 x)
+{
+    return (gn_vf32)_mm256_max_ps(_mm256_set1_ps(k), (__m256)x);
+}
+static inline gn_vf64 gn_vmin_f64(double k, gn_vf64 x)
+{
+    return (gn_vf64)_mm256_min_pd(_mm256_set1_pd(k), (__m256d)x);
+}
+static inline gn_vf64 gn_vmax_f64(double k, gn_vf64 x)
+{
+    return (gn_vf64)_mm256_max_pd(_mm256_set1_pd(k), (__m256d)x);
+}
+#else
+static inline gn_vf32 gn_vmin_f32(float k, gn_vf32 x)
+{
+    return gn_select_f32(k < x, (gn_vf32){0} + k, x);
+}
+static inline gn_vf32 gn_vmax_f32(float k, gn_vf32 x)
+{
+    return gn_select_f32(k > x, (gn_vf32){0} + k, x);
+}
+static inline gn_vf64 gn_vmin_f64(double k, gn_vf64 x)
+{
+    return gn_select_f64(k < x, (gn_vf64){0} + k, x);
+}
+static inline gn_vf64 gn_vmax_f64(double k, gn_vf64 x)
+{
+    return gn_select_f64(k > x, (gn_vf64){0} + k, x);
+}
+#endif
+
+/* exp(s x) for float lanes, s = 1 or -1 (a constant), as p * scale: x = m ln2 + w with
+ * |w| <= ln2 / 2, m rounded to nearest by the 1.5 * 2^23 trick, which also leaves m in
+ * t's low bits; w by Cody and Waite's two-part ln2 (m * 0.693359375 is exact, with or
+ * without FMA); p = exp(s w) by a degree-5 minimax polynomial (relative error 9e-8 on
+ * |w| <= ln2 / 2), the signs of its odd terms flipped for s = -1 so that -x is never
+ * formed; scale = 2^(s m) from m's bits: a normal power of 2 for s m in [-126, 127],
+ * infinity for 128. No step can lose a NaN, so NaN needs no select. */
+static inline gn_vf32 gn_vexp_parts_f32(gn_vf32 x, float s, gn_vf32 *scale)
+{
+    const gn_vf32 t = GN_VFMA_f32(x, (gn_vf32){0} + 1.44269504088896341f,
+                                  (gn_vf32){0} + 12582912.0f);
+    const gn_vf32 m = t - 12582912.0f;
+    gn_vf32 w = GN_VFMA_f32(m, (gn_vf32){0} - 0.693359375f, x);
+    gn_vf32 p;
+    w = GN_VFMA_f32(m, (gn_vf32){0} + 2.12194440e-4f, w);
+    p = GN_VFMA_f32((gn_vf32){0} + s * 8.290315046906471e-3f, w,
+                    (gn_vf32){0} + 4.189793020486832e-2f);
+    p = GN_VFMA_f32(p, w, (gn_vf32){0} + s * 1.666763573884964e-1f);
+    p = GN_VFMA_f32(p, w, (gn_vf32){0} + 4.999915063381195e-1f);
+    p = GN_VFMA_f32(p, w, (gn_vf32){0} + s * 9.999997019767761e-1f);
+    p = GN_VFMA_f32(p, w, (gn_vf32){0} + 1.0f);
+    *scale = (gn_vf32)(((gn_vi32){0} + 127 + (s > 0 ? (gn_vi32)t : -(gn_vi32)t)) << 23);
+    return p;
 }
 
-/* exp(x) for double lanes, the same scheme with the Taylor polynomial of degree 13
- * (truncation error below 1e-17 on |r| <= ln2 / 2). */
-static inline gn_vf64 gn_vexp_f64(gn_vf64 x)
+/* exp(x), inputs clamped to [-87.3, 88.3] (finite results); NaN stays NaN. */
+static inline gn_vf32 gn_vexp_f32(gn_vf32 x)
+{
+    gn_vf32 scale, p = gn_vexp_parts_f32(gn_vmin_f32(88.3f, gn_vmax_f32(-87.3f, x)), 1.0f,
+                                         &scale);
+    return p * scale;
+}
+
+/* silu(p) = p / (1 + exp(-p)), within 2 ulp. From p = -88.38 down, exp(-p) rounds to
+ * 2^128 = inf and the result is -0 (|silu(p)| < 3.7e-37 there), silu(-inf) included: the
+ * max keeps m in range. Above 87.3, 1 + exp(-p) = 1 and the result is p. */
+static inline gn_vf32 gn_vsilu_f32(gn_vf32 p)
+{
+    gn_vf32 scale, e;
+    p = gn_vmax_f32(-88.5f, p);
+    e = gn_vexp_parts_f32(gn_vmin_f32(87.3f, p), -1.0f, &scale);
+    return p / GN_VFMA_f32(e, scale, (gn_vf32){0} + 1.0f);
+}
+
+/* exp(s x) for double lanes, the same scheme with the 1.5 * 2^52 trick, fdlibm's two-part
+ * ln2 and the Taylor polynomial of degree 13 (truncation error below 1e-17 on
+ * |w| <= ln2 / 2); scale = 2^(s m) is infinity for s m = 1024. */
+static inline gn_vf64 gn_vexp_parts_f64(gn_vf64 x, double s, gn_vf64 *scale)
 {
     static const double c[14] = {
         1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040,
         1.0 / 40320, 1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600,
         1.0 / 6227020800.0};
-    const gn_vf64 nan = x;
-    gn_vf64 t, r, p;
-    gn_vi64 n;
+    const gn_vf64 t = GN_VFMA_f64(x, (gn_vf64){0} + 1.4426950408889634,
+                                  (gn_vf64){0} + 6755399441055744.0);
+    const gn_vf64 m = t - 6755399441055744.0;
+    gn_vf64 w = GN_VFMA_f64(m, (gn_vf64){0} - 6.93147180369123816490e-1, x);
+    gn_vf64 p = (gn_vf64){0} - c[13];
     int k;
-    x = gn_select_f64(x > 709.0, (gn_vf64){0} + 709.0, x);
-    x = gn_select_f64(x < -708.0, (gn_vf64){0} - 708.0, x);
-    t = x * 1.4426950408889634 + 1024.5;
-    n = __builtin_convertvector(t, gn_vi64) - 1024;
-    t = __builtin_convertvector(n, gn_vf64);
-    r = x - t * 6.93147180369123816490e-1 - t * 1.90821492927058770002e-10;
-    p = (gn_vf64){0} + c[13];
+    w = GN_VFMA_f64(m, (gn_vf64){0} - 1.90821492927058770002e-10, w);
+    if (s > 0)
+        p = -p;
     for (k = 12; k >= 0; k--)
-        p = p * r + c[k];
-    return gn_select_f64(nan != nan, nan, (gn_vf64)((gn_vi64)p + (n << 52)));
+        p = GN_VFMA_f64(p, w, (gn_vf64){0} + (s > 0 || k % 2 == 0 ? c[k] : -c[k]));
+    *scale = (gn_vf64)(((gn_vi64){0} + 1023 + (s > 0 ? (gn_vi64)t : -(gn_vi64)t)) << 52);
+    return p;
 }
+
+static inline gn_vf64 gn_vexp_f64(gn_vf64 x)
+{
+    gn_vf64 scale, p = gn_vexp_parts_f64(gn_vmin_f64(709.0, gn_vmax_f64(-708.0, x)), 1.0,
+                                         &scale);
+    return p * scale;
+}
+
+/* silu as gn_vsilu_f32: -0 from p = -709.44 down (|silu(p)| < 5.6e-306 there). */
+static inline gn_vf64 gn_vsilu_f64(gn_vf64 p)
+{
+    gn_vf64 scale, e;
+    p = gn_vmax_f64(-709.6, p);
+    e = gn_vexp_parts_f64(gn_vmin_f64(708.0, p), -1.0, &scale);
+    return p / GN_VFMA_f64(e, scale, (gn_vf64){0} + 1.0);
+}
+
+/* Half and bfloat16 compute in float. */
+#define gn_vsilu_f16 gn_vsilu_f32
+#define gn_vsilu_bf16 gn_vsilu_f32
+
+/* Lane masks for the first n lanes, for AVX2's masked loads and stores of 4- and 8-byte
+ * elements: a partial vector then costs no call to memcpy. */
+#if defined(__AVX2__)
+static inline __m256i gn_lanes32(ptrdiff_t n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static inline __m256i gn_lanes64(ptrdiff_t n)
+{
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+#endif
+
+/* In a partial load or store of T elements: return early through AVX2's masked
+ * instructions where T is float or double (T is float or double exactly when its size
+ * is 4 or 8 here; the other branches are dead code for that T). */
+#if defined(__AVX2__)
+#define GN_MASKED_LOAD(T, VT, p, n)                                                       \
+    do {                                                                                  \
+        if (sizeof(T) == 4)                                                               \
+            return (VT)_mm256_maskload_ps((const float *)(p), gn_lanes32(n));             \
+        if (sizeof(T) == 8)                                                               \
+            return (VT)_mm256_maskload_pd((const double *)(p), gn_lanes64(n));            \
+    } while (0)
+#define GN_MASKED_STORE(T, p, v, n)                                                       \
+    do {                                                                                  \
+        if (sizeof(T) == 4) {                                                             \
+            _mm256_maskstore_ps((float *)(p), gn_lanes32(n), (__m256)(v));                \
+            return;                                                                       \
+        }                                                                                 \
+        if (sizeof(T) == 8) {                                                             \
+            _mm256_maskstore_pd((double *)(p), gn_lanes64(n), (__m256d)(v));              \
+            return;                                                                       \
+        }                                                                                 \
+    } while (0)
+#else
+#define GN_MASKED_LOAD(T, VT, p, n) do { } while (0)
+#define GN_MASKED_STORE(T, p, v, n) do { } while (0)
+#endif
 
 /* ---- the loops, once per storage type ----------------------------------------------- */
 
@@ -281,6 +401,7 @@ static inline VT gn_vload_c_##SUF(const CT *p) { VT v; memcpy(&v, p, sizeof v); 
 static inline VT gn_vload_cpart_##SUF(const CT *p, ptrdiff_t n)                            \
 {                                                                                         \
     CT tmp[W];                                                                            \
+    GN_MASKED_LOAD(CT, VT, p, n);                                                         \
     memset(tmp, 0, sizeof tmp);                                                           \
     memcpy(tmp, p, (size_t)n * sizeof(CT));                                               \
     return gn_vload_c_##SUF(tmp);                                                         \
@@ -290,6 +411,7 @@ static inline VT gn_vload_cpart_##SUF(const CT *p, ptrdiff_t n)                 
 static inline VT gn_vload_part_##SUF(const ST *p, ptrdiff_t n)                             \
 {                                                                                         \
     ST tmp[W];                                                                            \
+    GN_MASKED_LOAD(ST, VT, p, n);                                                         \
     memset(tmp, 0, sizeof tmp);                                                           \
     memcpy(tmp, p, (size_t)n * sizeof(ST));                                               \
     return gn_vload_##SUF(tmp);                                                           \
@@ -298,6 +420,7 @@ static inline VT gn_vload_part_##SUF(const ST *p, ptrdiff_t n)                  
 static inline void gn_vstore_part_##SUF(ST *p, VT v, ptrdiff_t n)                          \
 {                                                                                         \
     ST tmp[W];                                                                            \
+    GN_MASKED_STORE(ST, p, v, n);                                                         \
     gn_vstore_##SUF(tmp, v);                                                              \
     memcpy(p, tmp, (size_t)n * sizeof(ST));                                               \
 }                                                                                         \
@@ -334,7 +457,7 @@ static inline VT gn_act_##SUF(VT p, int act)                                    
     if (act == GN_ACT_RELU)                                                               \
         return SELECT(p < 0, (VT){0}, p);                                                 \
     if (act == GN_ACT_SILU)                                                               \
-        return p / (1 + VEXP(-p));                                                        \
+        return gn_vsilu_##SUF(p);                                                         \
     return p;                                                                             \
 }                                                                                         \
                                                                                           \
