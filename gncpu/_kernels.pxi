@@ -1005,7 +1005,8 @@ cdef bint kernel_strides(cnp.ndarray a, bint last, Py_ssize_t* sN, Py_ssize_t* s
     with the other axes collapsible. If so, its element strides along N and along C
     (channels-first) or S (channels-last)."""
     cdef int k, nd = cnp.PyArray_NDIM(a)
-    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a), expected = item, inner = -1
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a), expected = item, inner = 0
+    cdef bint found = False
     cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(a)
     cdef cnp.npy_intp* strides = cnp.PyArray_STRIDES(a)
     if not (cnp.PyArray_ISALIGNED(a) and cnp.PyArray_ISNOTSWAPPED(a)) or strides[0] % item:
@@ -1025,9 +1026,10 @@ cdef bint kernel_strides(cnp.ndarray a, bint last, Py_ssize_t* sN, Py_ssize_t* s
     for k in range(nd - 2, 0, -1):
         if dims[k] == 1:
             continue
-        if inner < 0:
+        if not found:
             if strides[k] % item:
                 return False
+            found = True
             inner = strides[k] // item
             expected = strides[k] * dims[k]
         elif strides[k] != expected:
@@ -1035,7 +1037,7 @@ cdef bint kernel_strides(cnp.ndarray a, bint last, Py_ssize_t* sN, Py_ssize_t* s
         else:
             expected *= dims[k]
     sN[0] = strides[0] // item
-    s[0] = inner if inner >= 0 else dims[nd - 1]
+    s[0] = inner if found else dims[nd - 1]
     return True
 
 
@@ -1333,7 +1335,10 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
     cdef char* py = ptr(y3)
     cdef char* pscr
     cdef Py_ssize_t per_sample
-    if not last:
+    if S == 0:  # empty groups: nothing to write, statistics undefined
+        mean.fill(np.nan)
+        rstd.fill(np.nan)
+    elif not last:
         split = threads > 1 and N * G < 2 * threads
         if split:
             scratch = np.empty(3 * N * G * L.rows * L.row_chunks, dtype=F64)
