@@ -101,9 +101,9 @@ def contenders(shape, groups, dtype, op, threads, torch, with_reference, layout=
         return calls
     tx, tw, tb = (torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)) if last else x),
                   torch.from_numpy(weight), torch.from_numpy(bias))
+    layout = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
     if last:
-        tx = tx.contiguous(memory_format=torch.channels_last if len(shape) == 4
-                           else torch.channels_last_3d)
+        tx = tx.contiguous(memory_format=layout)
     if op == "forward":
         fn = torch.nn.functional.group_norm
         act = {None: None, "silu": torch.nn.functional.silu,
@@ -115,8 +115,7 @@ def contenders(shape, groups, dtype, op, threads, torch, with_reference, layout=
     elif activation is None:
         tdy = torch.from_numpy(np.ascontiguousarray(np.moveaxis(dy, -1, 1)) if last else dy)
         if last:
-            tdy = tdy.contiguous(memory_format=tx.suggest_memory_format()
-                                 if hasattr(tx, "suggest_memory_format") else torch.channels_last)
+            tdy = tdy.contiguous(memory_format=layout)
         tmean = torch.from_numpy(np.ascontiguousarray(mean, dtype=dtype))
         trstd = torch.from_numpy(np.ascontiguousarray(rstd, dtype=dtype))
         hxw = int(np.prod(shape[2:], dtype=np.int64))
