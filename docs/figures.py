@@ -15,7 +15,7 @@ What is drawn:
 - ``variance_error.png``: the relative error of the variance, E[x^2] - E[x]^2 against gncpu,
   as the data's offset grows; ``variance_example.inc``: one such case as a table.
 - ``bench_chart.png`` and ``bench_chart.inc``: from ``python -m gncpu bench --json PATH``
-  (``docs/_build/bench.json``, or ``$GNCPU_BENCH_JSON``); without that file the ``.inc``
+  (``docs/bench.json``, or ``$GNCPU_BENCH_JSON``); without that file the ``.inc``
   holds a note instead of the chart. No number is ever made up.
 - ``bench_help.txt``: the output of ``python -m gncpu bench --help``.
 
@@ -38,7 +38,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "generated")
-DEFAULT_BENCH_JSON = os.path.join(HERE, "_build", "bench.json")
+DEFAULT_BENCH_JSON = os.path.join(HERE, "bench.json")
 
 MODES = ("BN", "LN", "IN", "GN")
 MODE_NAMES = {"BN": "Batch Norm", "LN": "Layer Norm", "IN": "Instance Norm", "GN": "Group Norm"}
@@ -525,7 +525,7 @@ BENCH_NOTE = """\
    No benchmark results were found when these pages were built (looked for
    ``{path}``), so the chart is left out. Make them and rebuild::
 
-      python -m gncpu bench --json docs/_build/bench.json
+      python -m gncpu bench --json docs/bench.json
       python -m sphinx -W --keep-going -b html docs docs/_build/html
 """
 
