@@ -992,7 +992,7 @@ cdef tuple storage_of(cnp.ndarray arr, str name):
         return ST_F16, F16, cnp.NPY_FLOAT32
     dt = arr.dtype
     if dt.name == "bfloat16" and dt.itemsize == 2:
-        return ST_BF16, dt, cnp.NPY_FLOAT32
+        return ST_BF16, dt.newbyteorder("="), cnp.NPY_FLOAT32
     if dt.kind in "fiub":
         return ST_F64, F64, cnp.NPY_FLOAT64
     raise TypeError(f"{name} has dtype {dt}: gncpu normalizes real numbers (floating "
