@@ -16,18 +16,8 @@
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-work="$(mktemp -d "${TMPDIR:-/tmp}/gncpu-sanitize.XXXXXX")"
-if [ "${GNCPU_SANITIZE_KEEP:-0}" = 1 ]; then
-    echo "sanitize: keeping $work"
-else
-    trap 'rm -rf "$work"' EXIT
-fi
-
-# Tracked and untracked-but-not-ignored files, as they are now (uncommitted edits too).
-mkdir "$work/src"
-git -C "$repo" ls-files -z --cached --others --exclude-standard \
-    | (cd "$repo" && xargs -0 -r sh -c 'for f; do [ -f "$f" ] && printf "%s\0" "$f"; done' sh) \
-    | tar -C "$repo" --null -T - -cf - | tar -C "$work/src" -xf -
+. "$repo/tools/scratch_copy.sh"
+scratch_copy sanitize "${GNCPU_SANITIZE_KEEP:-0}"
 
 # The flags ride on CC: setup.py's OpenMP probe links a test program without LDFLAGS, and a
 # sanitized object needs the sanitizer runtime at every link.

@@ -15,18 +15,8 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 command -v valgrind > /dev/null || { echo "valgrind: not installed" >&2; exit 1; }
-work="$(mktemp -d "${TMPDIR:-/tmp}/gncpu-valgrind.XXXXXX")"
-if [ "${GNCPU_VALGRIND_KEEP:-0}" = 1 ]; then
-    echo "valgrind: keeping $work"
-else
-    trap 'rm -rf "$work"' EXIT
-fi
-
-# Tracked and untracked-but-not-ignored files, as they are now (uncommitted edits too).
-mkdir "$work/src"
-git -C "$repo" ls-files -z --cached --others --exclude-standard \
-    | (cd "$repo" && xargs -0 -r sh -c 'for f; do [ -f "$f" ] && printf "%s\0" "$f"; done' sh) \
-    | tar -C "$repo" --null -T - -cf - | tar -C "$work/src" -xf -
+. "$repo/tools/scratch_copy.sh"
+scratch_copy valgrind "${GNCPU_VALGRIND_KEEP:-0}"
 
 echo "valgrind: building with debug info (log: $work/build.log)"
 if ! CC="${CC:-gcc} -g" GNCPU_FAIL_NO_OPENMP=1 \
