@@ -19,7 +19,7 @@
 # order. Which thread computes a chunk never changes the arithmetic, so outputs are bitwise
 # identical for any thread count and for a sample alone or in a batch.
 
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.math cimport sqrt, NAN
 from libc.stdint cimport uint16_t
 cimport numpy as cnp
@@ -150,6 +150,9 @@ cdef enum:
     CHUNK = 2048
     # Rows per chunk (channels-last).
     ROW_CHUNK = 64
+    # Channels-last split paths cut a sample's channels into ranges of whole blocks of this
+    # many channels (4 vectors of float32 under AVX2, the widest block the loops use).
+    RANGE_ALIGN = 32
     # Below this many elements per thread, waking another thread costs more than it saves.
     MIN_WORK_PER_THREAD = 32768
     # A grad_x of at least STREAM_BYTES, in channel runs of at least STREAM_RUN_BYTES, is
@@ -366,15 +369,17 @@ cdef inline void pair_grad_x(const char* dy, const char* x, char* dx, const Layo
 
 
 cdef inline void rows_moments(const char* x, Py_ssize_t rows, Py_ssize_t stride,
-                              const Layout* L, double* mean, double* m2) noexcept nogil:
+                              Py_ssize_t width, const Layout* L, double* mean,
+                              double* m2) noexcept nogil:
+    """Per-channel moments of `width` channels over `rows` rows (see gn_rows_moments)."""
     if L.st == ST_F32:
-        gn_rows_moments_f32(<const float*>x, rows, L.C, stride, mean, m2)
+        gn_rows_moments_f32(<const float*>x, rows, width, stride, mean, m2)
     elif L.st == ST_F64:
-        gn_rows_moments_f64(<const double*>x, rows, L.C, stride, mean, m2)
+        gn_rows_moments_f64(<const double*>x, rows, width, stride, mean, m2)
     elif L.st == ST_F16:
-        gn_rows_moments_f16(<const uint16_t*>x, rows, L.C, stride, mean, m2)
+        gn_rows_moments_f16(<const uint16_t*>x, rows, width, stride, mean, m2)
     else:
-        gn_rows_moments_bf16(<const uint16_t*>x, rows, L.C, stride, mean, m2)
+        gn_rows_moments_bf16(<const uint16_t*>x, rows, width, stride, mean, m2)
 
 
 cdef inline void rows_affine(const char* x, char* y, Py_ssize_t rows, Py_ssize_t xs,
@@ -392,20 +397,22 @@ cdef inline void rows_affine(const char* x, char* y, Py_ssize_t rows, Py_ssize_t
 
 
 cdef inline void rows_grad_sums(const char* dy, const char* x, Py_ssize_t rows,
-                                const Layout* L, const real* m, const real* a, const real* b,
-                                double* db, double* ds) noexcept nogil:
+                                Py_ssize_t width, const Layout* L, const real* m,
+                                const real* a, const real* b, double* db,
+                                double* ds) noexcept nogil:
+    """Per-channel gradient sums of `width` channels over `rows` rows (gn_rows_grad_sums)."""
     if real is double:
-        gn_rows_grad_sums_f64(<const double*>dy, <const double*>x, rows, L.C, L.ds, L.xs, m, a,
-                              b, L.act, db, ds)
+        gn_rows_grad_sums_f64(<const double*>dy, <const double*>x, rows, width, L.ds, L.xs, m,
+                              a, b, L.act, db, ds)
     elif L.st == ST_F32:
-        gn_rows_grad_sums_f32(<const float*>dy, <const float*>x, rows, L.C, L.ds, L.xs, m, a, b,
-                              L.act, db, ds)
+        gn_rows_grad_sums_f32(<const float*>dy, <const float*>x, rows, width, L.ds, L.xs, m, a,
+                              b, L.act, db, ds)
     elif L.st == ST_F16:
-        gn_rows_grad_sums_f16(<const uint16_t*>dy, <const uint16_t*>x, rows, L.C, L.ds, L.xs,
+        gn_rows_grad_sums_f16(<const uint16_t*>dy, <const uint16_t*>x, rows, width, L.ds, L.xs,
                               m, a, b, L.act, db, ds)
     else:
-        gn_rows_grad_sums_bf16(<const uint16_t*>dy, <const uint16_t*>x, rows, L.C, L.ds, L.xs,
-                               m, a, b, L.act, db, ds)
+        gn_rows_grad_sums_bf16(<const uint16_t*>dy, <const uint16_t*>x, rows, width, L.ds,
+                               L.xs, m, a, b, L.act, db, ds)
 
 
 cdef inline void rows_grad_x(const char* dy, const char* x, char* dx, Py_ssize_t rows,
@@ -526,72 +533,78 @@ cdef void forward_nchw(const char* x, const char* res, char* s, char* y, const L
 
 
 # ---------------------------------------------------------------------------------------
-# Forward, channels-last. Per sample: per-channel moments of each row chunk (channels in
-# vector lanes), merged per channel over chunks, then over the channels of each group, in
-# order; then per-channel coefficient vectors (m, a, b) and one pass over the rows.
+# Forward, channels-last. Per sample: the per-channel moments of each row chunk (channels in
+# vector lanes), merged per channel in chunk order as they come; then over the channels of
+# each group; then per-channel coefficient vectors (m, a, b) and one pass over the rows.
+# Scratch is O(C) per sample, never per chunk: with few samples for the threads, the
+# channels are cut into ranges that run in parallel, each over all the rows. A channel's
+# arithmetic is the same in any range (lanes are independent), so the bits do not depend
+# on the cut.
 
 
-cdef inline void row_chunk_moments(const char* x, const char* res, char* s, const Layout* L,
-                                   Py_ssize_t i, Py_ssize_t j, double* out) noexcept nogil:
-    """Per-channel (mean, M2) of row chunk j of sample i, as out[0:C], out[C:2C]."""
-    cdef Py_ssize_t r0 = j * ROW_CHUNK, rows = min(ROW_CHUNK, L.S - j * ROW_CHUNK), r
-    cdef char* sp
-    if res == NULL:
-        rows_moments(at(x, i * L.xsN + r0 * L.xs, L), rows, L.xs, L, out, out + L.C)
-        return
-    for r in range(r0, r0 + rows):
-        add(at(x, i * L.xsN + r * L.xs, L), at(res, i * L.rsN + r * L.rs, L),
-            at(s, i * L.ssN + r * L.ss, L), L.C, L)
-    rows_moments(at(s, i * L.ssN + r0 * L.ss, L), rows, L.ss, L, out, out + L.C)
-
-
-cdef void sample_stats_nhwc(const Layout* L, Py_ssize_t i, const double* parts, double eps,
-                            double* chan, real* mean, real* rstd) noexcept nogil:
-    """Group statistics of sample i from its row chunks' per-channel moments
-    parts[j * 2C : (j + 1) * 2C] (means, then M2s), merged per channel in chunk order, then
-    per group. chan: scratch of 2C doubles, (mean, M2) per channel.
-
-    Every channel of a chunk has the same count, so Chan's factors nb / n and na * nb / n
-    are computed once per chunk and the loop over channels is division-free. The channels
-    of a group have equal counts n too, so their merge is Chan's for equal parts, in two
-    division-free passes: mean = sum(mean_c) / Cg, M2 = sum(M2_c) + n sum((mean_c - mean)^2).
-    """
-    cdef Py_ssize_t j, c, g
-    cdef double n_run = 0, rows, f, h, d, gm, q, dev
-    cdef double* run_mean = chan
-    cdef double* run_m2 = chan + L.C
-    cdef Moments total
+cdef void channel_moments_nhwc(const char* x, const char* res, char* s, const Layout* L,
+                               Py_ssize_t i, Py_ssize_t c0, Py_ssize_t c1, double* chunk,
+                               double* run) noexcept nogil:
+    """(mean, M2) of channels [c0, c1) of sample i over all rows, as run[c], run[C + c].
+    Row chunk j's moments go to chunk (same layout) and are merged into run by Chan's
+    formula. Every channel of a chunk has the same count, so the factors nb / n and
+    na * nb / n are computed once per chunk and the loop over channels is division-free.
+    With a residual, s = x + residual is written as the chunks are read."""
+    cdef Py_ssize_t j, c, r, r0, width = c1 - c0
+    cdef double n_run = 0, rows, f, h, d
+    cdef const char* src
+    cdef Py_ssize_t srcN, srcs
     for j in range(L.row_chunks):
-        rows = <double>min(ROW_CHUNK, L.S - j * ROW_CHUNK)
+        r0 = j * ROW_CHUNK
+        rows = <double>min(ROW_CHUNK, L.S - r0)
+        src = x
+        srcN = L.xsN
+        srcs = L.xs
+        if res != NULL:
+            for r in range(r0, r0 + <Py_ssize_t>rows):
+                add(at(x, i * L.xsN + r * L.xs + c0, L), at(res, i * L.rsN + r * L.rs + c0, L),
+                    at(s, i * L.ssN + r * L.ss + c0, L), width, L)
+            src = s
+            srcN = L.ssN
+            srcs = L.ss
+        rows_moments(at(src, i * srcN + r0 * srcs + c0, L), <Py_ssize_t>rows, srcs, width, L,
+                     chunk + c0, chunk + L.C + c0)
         if j == 0:
-            for c in range(L.C):
-                run_mean[c] = parts[c]
-                run_m2[c] = parts[L.C + c]
+            for c in range(c0, c1):
+                run[c] = chunk[c]
+                run[L.C + c] = chunk[L.C + c]
         else:
             f = rows / (n_run + rows)
             h = n_run * f
-            for c in range(L.C):
-                d = parts[j * 2 * L.C + c] - run_mean[c]
-                run_mean[c] = run_mean[c] + d * f
-                run_m2[c] = run_m2[c] + parts[j * 2 * L.C + L.C + c] + d * d * h
+            for c in range(c0, c1):
+                d = chunk[c] - run[c]
+                run[c] = run[c] + d * f
+                run[L.C + c] = run[L.C + c] + chunk[L.C + c] + d * d * h
         n_run = n_run + rows
+
+
+cdef void group_stats_nhwc(const Layout* L, Py_ssize_t i, const double* run, double eps,
+                           real* mean, real* rstd) noexcept nogil:
+    """Group statistics of sample i from its channels' (mean, M2) in run. The channels of
+    a group have equal counts S, so their merge is Chan's for equal parts, in two
+    division-free passes: mean = sum(mean_c) / Cg, M2 = sum(M2_c) + S sum((mean_c - mean)^2)."""
+    cdef Py_ssize_t c, g
+    cdef double gm, q, dev, d
+    cdef Moments total
     for g in range(L.G):
-        total.n = n_run * <double>L.Cg
-        total.mean = 0
-        total.m2 = 0
-        if n_run > 0:
-            gm = 0
-            q = 0
-            dev = 0
-            for c in range(g * L.Cg, (g + 1) * L.Cg):
-                gm = gm + run_mean[c]
-                q = q + run_m2[c]
-            gm = gm / <double>L.Cg
-            for c in range(g * L.Cg, (g + 1) * L.Cg):
-                d = run_mean[c] - gm
-                dev = dev + d * d
-            total.mean = gm
-            total.m2 = q + n_run * dev
+        gm = 0
+        q = 0
+        dev = 0
+        for c in range(g * L.Cg, (g + 1) * L.Cg):
+            gm = gm + run[c]
+            q = q + run[L.C + c]
+        gm = gm / <double>L.Cg
+        for c in range(g * L.Cg, (g + 1) * L.Cg):
+            d = run[c] - gm
+            dev = dev + d * d
+        total.n = <double>L.S * <double>L.Cg
+        total.mean = gm
+        total.m2 = q + <double>L.S * dev
         finish_stats(&total, eps, i * L.G + g, mean, rstd)
 
 
@@ -610,15 +623,27 @@ cdef void channel_coefficients(const Layout* L, Py_ssize_t i, const real* mean,
             b[c] = 0 if bias == NULL else bias[c]
 
 
+cdef inline Py_ssize_t channel_range(const Layout* L, Py_ssize_t ranges, Py_ssize_t k,
+                                     Py_ssize_t* c1) noexcept nogil:
+    """Channels [c0, c1) of range k of `ranges`: whole blocks of RANGE_ALIGN channels."""
+    cdef Py_ssize_t blocks = (L.C + RANGE_ALIGN - 1) // RANGE_ALIGN
+    cdef Py_ssize_t per = (blocks + ranges - 1) // ranges * RANGE_ALIGN
+    c1[0] = min(L.C, (k + 1) * per)
+    return min(L.C, k * per)
+
+
+cdef inline Py_ssize_t channel_ranges(const Layout* L, int threads) noexcept nogil:
+    """How many channel ranges a sample is cut into on the split paths."""
+    return min(<Py_ssize_t>threads, (L.C + RANGE_ALIGN - 1) // RANGE_ALIGN)
+
+
 cdef void forward_sample_nhwc(const char* x, const char* res, char* s, char* y, const Layout* L,
                               Py_ssize_t i, double eps, const real* weight, const real* bias,
-                              real* mean, real* rstd, double* parts, double* chan,
+                              real* mean, real* rstd, double* scratch,
                               real* coef) noexcept nogil:
-    """Sample i: chunk moments, group statistics, then its outputs."""
-    cdef Py_ssize_t j
-    for j in range(L.row_chunks):
-        row_chunk_moments(x, res, s, L, i, j, parts + j * 2 * L.C)
-    sample_stats_nhwc(L, i, parts, eps, chan, mean, rstd)
+    """Sample i: channel moments, group statistics, then its outputs."""
+    channel_moments_nhwc(x, res, s, L, i, 0, L.C, scratch, scratch + 2 * L.C)
+    group_stats_nhwc(L, i, scratch + 2 * L.C, eps, mean, rstd)
     channel_coefficients(L, i, mean, rstd, weight, bias, coef, coef + L.C, coef + 2 * L.C)
     if res == NULL:
         rows_affine(at(x, i * L.xsN, L), at(y, i * L.ysN, L), L.S, L.xs, L.ys, L, coef,
@@ -630,27 +655,32 @@ cdef void forward_sample_nhwc(const char* x, const char* res, char* s, char* y, 
 
 cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const Layout* L,
                        double eps, const real* weight, const real* bias, real* mean,
-                       real* rstd, double* parts, double* chan, real* coef, bint split,
+                       real* rstd, double* scratch, real* coef, bint split,
                        int threads) noexcept nogil:
-    """One task per sample (scratch per sample); or, split, row chunks in parallel.
-    parts: N * row_chunks * 2C doubles; chan: N * 2C doubles; coef: N * 3C reals."""
-    cdef Py_ssize_t i, j, r0
-    cdef Py_ssize_t items = L.N * L.row_chunks, per = 2 * L.C * L.row_chunks
+    """One task per sample; or, split, channel ranges in parallel for the statistics and
+    row chunks for the outputs. scratch: 4C doubles and coef: 3C reals per thread, or per
+    sample when split."""
+    cdef Py_ssize_t i, j, r0, c0, c1, t
+    cdef Py_ssize_t ranges = channel_ranges(L, threads)
+    cdef Py_ssize_t items = L.N * L.row_chunks
     if not split:
         if threads == 1:
             for i in range(L.N):
                 forward_sample_nhwc(x, res, s, y, L, i, eps, weight, bias, mean, rstd,
-                                    parts + i * per, chan + i * 2 * L.C, coef + i * 3 * L.C)
+                                    scratch, coef)
         else:
             for i in prange(L.N, schedule='static', num_threads=threads):
+                t = threadid()
                 forward_sample_nhwc(x, res, s, y, L, i, eps, weight, bias, mean, rstd,
-                                    parts + i * per, chan + i * 2 * L.C, coef + i * 3 * L.C)
+                                    scratch + t * 4 * L.C, coef + t * 3 * L.C)
         return
-    for j in prange(items, schedule='static', num_threads=threads):
-        row_chunk_moments(x, res, s, L, j // L.row_chunks, j % L.row_chunks,
-                          parts + j * 2 * L.C)
+    for j in prange(L.N * ranges, schedule='static', num_threads=threads):
+        i = j // ranges
+        c0 = channel_range(L, ranges, j % ranges, &c1)
+        channel_moments_nhwc(x, res, s, L, i, c0, c1, scratch + i * 4 * L.C,
+                             scratch + i * 4 * L.C + 2 * L.C)
     for i in range(L.N):
-        sample_stats_nhwc(L, i, parts + i * per, eps, chan, mean, rstd)
+        group_stats_nhwc(L, i, scratch + i * 4 * L.C + 2 * L.C, eps, mean, rstd)
         channel_coefficients(L, i, mean, rstd, weight, bias, coef + i * 3 * L.C,
                              coef + i * 3 * L.C + L.C, coef + i * 3 * L.C + 2 * L.C)
     for j in prange(items, schedule='static', num_threads=threads):
@@ -774,29 +804,24 @@ cdef void backward_nchw(const char* dy, const char* x, char* dx, const Layout* L
                              bias, terms)
 
 
-cdef inline void row_chunk_grad_sums(const char* dy, const char* x, const Layout* L,
-                                     Py_ssize_t i, Py_ssize_t j, const real* coef,
-                                     double* out) noexcept nogil:
-    """Per-channel [sum(g)], [sum(g (x - m))] of row chunk j of sample i: out[0:C], out[C:2C]."""
-    cdef Py_ssize_t r0 = j * ROW_CHUNK
-    rows_grad_sums(at(dy, i * L.dsN + r0 * L.ds, L), at(x, i * L.xsN + r0 * L.xs, L),
-                   min(ROW_CHUNK, L.S - r0), L, coef, coef + L.C, coef + 2 * L.C, out,
-                   out + L.C)
-
-
-cdef void sample_sums_nhwc(const Layout* L, Py_ssize_t i, const double* parts, double* db,
-                           double* ds) noexcept nogil:
-    """db, ds of sample i's channels: its row chunks' sums added in chunk order."""
-    cdef Py_ssize_t j, c
-    cdef double a, b
-    for c in range(L.C):
-        a = 0
-        b = 0
-        for j in range(L.row_chunks):
-            a = a + parts[j * 2 * L.C + c]
-            b = b + parts[j * 2 * L.C + L.C + c]
-        db[i * L.C + c] = a
-        ds[i * L.C + c] = b
+cdef void channel_sums_nhwc(const char* dy, const char* x, const Layout* L, Py_ssize_t i,
+                           Py_ssize_t c0, Py_ssize_t c1, const real* coef, double* chunk,
+                           double* db, double* ds) noexcept nogil:
+    """db = sum(g), ds = sum(g (x - m)) of channels [c0, c1) of sample i: each row chunk's
+    sums (in chunk[c], chunk[C + c]) added in chunk order."""
+    cdef Py_ssize_t j, c, r0
+    for c in range(c0, c1):
+        db[i * L.C + c] = 0
+        ds[i * L.C + c] = 0
+    for j in range(L.row_chunks):
+        r0 = j * ROW_CHUNK
+        rows_grad_sums(at(dy, i * L.dsN + r0 * L.ds + c0, L),
+                       at(x, i * L.xsN + r0 * L.xs + c0, L), min(ROW_CHUNK, L.S - r0),
+                       c1 - c0, L, coef + c0, coef + L.C + c0, coef + 2 * L.C + c0,
+                       chunk + c0, chunk + L.C + c0)
+        for c in range(c0, c1):
+            db[i * L.C + c] = db[i * L.C + c] + chunk[c]
+            ds[i * L.C + c] = ds[i * L.C + c] + chunk[L.C + c]
 
 
 cdef void grad_coefficients(const Layout* L, Py_ssize_t i, const double* terms,
@@ -812,12 +837,10 @@ cdef void grad_coefficients(const Layout* L, Py_ssize_t i, const double* terms,
 cdef void backward_sample_nhwc(const char* dy, const char* x, char* dx, const Layout* L,
                                Py_ssize_t i, const real* mean, const real* rstd,
                                const real* weight, const real* bias, double* db, double* ds,
-                               double* terms, double* parts, real* coef) noexcept nogil:
-    cdef Py_ssize_t j, g
+                               double* terms, double* chunk, real* coef) noexcept nogil:
+    cdef Py_ssize_t g
     channel_coefficients(L, i, mean, rstd, weight, bias, coef, coef + L.C, coef + 2 * L.C)
-    for j in range(L.row_chunks):
-        row_chunk_grad_sums(dy, x, L, i, j, coef, parts + j * 2 * L.C)
-    sample_sums_nhwc(L, i, parts, db, ds)
+    channel_sums_nhwc(dy, x, L, i, 0, L.C, coef, chunk, db, ds)
     for g in range(L.G):
         pair_terms(L, i * L.G + g, rstd, weight, db, ds, terms)
     grad_coefficients(L, i, terms, coef)
@@ -828,29 +851,32 @@ cdef void backward_sample_nhwc(const char* dy, const char* x, char* dx, const La
 cdef void backward_nhwc(const char* dy, const char* x, char* dx, const Layout* L,
                         const real* mean, const real* rstd, const real* weight,
                         const real* bias, double* db, double* ds, double* terms,
-                        double* parts, real* coef, bint split, int threads) noexcept nogil:
-    """One task per sample, or, split, row chunks in parallel. parts: N * row_chunks * 2C
-    doubles; coef: N * 5C reals."""
-    cdef Py_ssize_t i, j, g, r0
-    cdef Py_ssize_t items = L.N * L.row_chunks, per = 2 * L.C * L.row_chunks
+                        double* chunk, real* coef, bint split, int threads) noexcept nogil:
+    """One task per sample; or, split, channel ranges in parallel for the sums and row
+    chunks for grad_x. chunk: 2C doubles and coef: 5C reals per thread, or per sample when
+    split."""
+    cdef Py_ssize_t i, j, g, r0, c0, c1, t
+    cdef Py_ssize_t ranges = channel_ranges(L, threads)
+    cdef Py_ssize_t items = L.N * L.row_chunks
     if not split:
         if threads == 1:
             for i in range(L.N):
                 backward_sample_nhwc(dy, x, dx, L, i, mean, rstd, weight, bias, db, ds, terms,
-                                     parts + i * per, coef + i * 5 * L.C)
+                                     chunk, coef)
         else:
             for i in prange(L.N, schedule='static', num_threads=threads):
+                t = threadid()
                 backward_sample_nhwc(dy, x, dx, L, i, mean, rstd, weight, bias, db, ds, terms,
-                                     parts + i * per, coef + i * 5 * L.C)
+                                     chunk + t * 2 * L.C, coef + t * 5 * L.C)
         return
     for i in range(L.N):
         channel_coefficients(L, i, mean, rstd, weight, bias, coef + i * 5 * L.C,
                              coef + i * 5 * L.C + L.C, coef + i * 5 * L.C + 2 * L.C)
-    for j in prange(items, schedule='static', num_threads=threads):
-        row_chunk_grad_sums(dy, x, L, j // L.row_chunks, j % L.row_chunks,
-                            coef + (j // L.row_chunks) * 5 * L.C, parts + j * 2 * L.C)
+    for j in prange(L.N * ranges, schedule='static', num_threads=threads):
+        i = j // ranges
+        c0 = channel_range(L, ranges, j % ranges, &c1)
+        channel_sums_nhwc(dy, x, L, i, c0, c1, coef + i * 5 * L.C, chunk + i * 2 * L.C, db, ds)
     for i in range(L.N):
-        sample_sums_nhwc(L, i, parts + i * per, db, ds)
         for g in range(L.G):
             pair_terms(L, i * L.G + g, rstd, weight, db, ds, terms)
         grad_coefficients(L, i, terms, coef + i * 5 * L.C)
@@ -1334,7 +1360,7 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
     cdef char* ps = ptr(s3)
     cdef char* py = ptr(y3)
     cdef char* pscr
-    cdef Py_ssize_t per_sample
+    cdef Py_ssize_t tasks
     if S == 0:  # empty groups: nothing to write, statistics undefined
         mean.fill(np.nan)
         rstd.fill(np.nan)
@@ -1352,21 +1378,20 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
                              <double*>pr, <Moments*>pscr, threads)
     else:
         split = threads > 1 and N < 2 * threads
-        # Per sample: row-chunk moments (2C per chunk), channel moments (2C), coefficients
-        # (3C, stored as float64 slots whatever the compute type).
-        per_sample = 2 * C * L.row_chunks + 5 * C
-        scratch = np.empty(N * per_sample, dtype=F64)
+        # Per thread, or per sample when split (then N < 2 * threads): one row chunk's
+        # moments (2C), the channels' merged moments (2C), the coefficients (3C, in float64
+        # slots whatever the compute type).
+        tasks = N if split else threads
+        scratch = np.empty(7 * tasks * C, dtype=F64)
         pscr = ptr(scratch)
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 forward_nhwc(px, pres, ps, py, &L, e, <float*>pw, <float*>pb, <float*>pm,
-                             <float*>pr, <double*>pscr, <double*>pscr + N * 2 * C * L.row_chunks,
-                             <float*>(<double*>pscr + N * (2 * C * L.row_chunks + 2 * C)),
+                             <float*>pr, <double*>pscr, <float*>(<double*>pscr + 4 * tasks * C),
                              split, threads)
             else:
                 forward_nhwc(px, pres, ps, py, &L, e, <double*>pw, <double*>pb, <double*>pm,
-                             <double*>pr, <double*>pscr, <double*>pscr + N * 2 * C * L.row_chunks,
-                             <double*>pscr + N * (2 * C * L.row_chunks + 2 * C),
+                             <double*>pr, <double*>pscr, <double*>pscr + 4 * tasks * C,
                              split, threads)
     if resout is not None and s3 is not resout:
         np.copyto(resout, s3)
@@ -1432,7 +1457,7 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
     (True, [6.0, 6.0, 6.0, 6.0])
     """
     cdef cnp.ndarray arr, dyarr, x3, dy3, dx3, w, b, m, r, buf, gw, gb
-    cdef Py_ssize_t N, C, S, G, sN = 0, s = 0, chunks
+    cdef Py_ssize_t N, C, S, G, sN = 0, s = 0, chunks, tasks = 0
     cdef int threads, typenum, st, act
     cdef bint last, split
     cdef Layout L
@@ -1461,15 +1486,17 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
         chunks = 2 * N * C * L.row_chunks if split else 0
     else:
         split = threads > 1 and N < 2 * threads
-        chunks = 2 * N * C * L.row_chunks + 5 * N * C
+        tasks = N if split else threads
+        chunks = 7 * tasks * C
     # Scratch: db and ds (N * C each), pair terms (2 per pair), then the chunk partial sums
-    # (channels-first, split only) or row-chunk sums and coefficients (channels-last).
+    # (channels-first, split only) or, channels-last, one row chunk's sums (2C) and the
+    # coefficients (5C) per thread, or per sample when split (then N < 2 * threads).
     buf = np.empty(2 * N * C + 2 * N * G + chunks, dtype=F64)
     cdef double* db = <double*>ptr(buf)
     cdef double* ds = db + N * C
     cdef double* terms = ds + N * C
     cdef double* parts = terms + 2 * N * G
-    cdef double* coef = parts + 2 * N * C * L.row_chunks
+    cdef double* coef = parts + 2 * tasks * C
     cdef cnp.npy_intp channels = C
     gw = cnp.PyArray_EMPTY(1, &channels, typenum, 0)
     gb = cnp.PyArray_EMPTY(1, &channels, typenum, 0)

@@ -5,8 +5,9 @@
 - Peak memory, seen by tracemalloc (NumPy reports its data allocations to it, and the
   kernels' scratch is NumPy arrays): a forward call allocates its output and the (N, G)
   statistics, a backward call its outputs and O(N * C) partials; plus, on the split path
-  (few (sample, group) pairs for the threads), a few float64 per 2048-element chunk.
-  Channels-last calls keep more (expected failures, see CHANNELS_LAST_SCRATCH).
+  (few (sample, group) pairs for the threads), a few float64 per 2048-element chunk; and,
+  channels-last, 7 float64 per channel for each thread (or each sample, when there are
+  fewer than twice as many samples as threads).
 - Concurrency: 8 Python threads call forward and backward with mixed shapes, dtypes,
   layouts and thread counts for GNCPU_STRESS_SECONDS (default 10); every result is bitwise
   the serial one, and the main thread keeps waking up on time.
@@ -196,14 +197,18 @@ def split_scratch(shape, num_groups, threads):
 
 PEAK_CASES = [((8, 32, 64, 64), 8, 1), ((8, 32, 64, 64), 8, 2), ((1, 32, 128, 128), 1, 2),
               ((4, 64, 4096), 32, 2)]
-CHANNELS_LAST_SCRATCH = pytest.mark.xfail(
-    strict=True, reason="channels-last kernels keep 2 float64 per channel for every 64-row "
-                        "chunk of every sample: 1/16 of a float32 input, 1/8 of a float16 one")
 
 
-@pytest.mark.parametrize("channels_last",
-                         [False, pytest.param(True, marks=CHANNELS_LAST_SCRATCH)],
-                         ids=["nchw", "nhwc"])
+def channels_last_scratch(shape, threads):
+    """Bytes of the channels-last kernels' scratch: one row chunk's per-channel partials,
+    the channels' merged moments and the coefficients, 7 float64 per channel, for each
+    thread, or for each sample when there are fewer than twice as many as threads."""
+    n, c = shape[:2]
+    tasks = n if threads > 1 and n < 2 * threads else threads
+    return 7 * 8 * c * tasks
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize("case", PEAK_CASES, ids=lambda c: f"{c[0]}-G{c[1]}-t{c[2]}")
 def test_peak_memory(rng, case, dtype, channels_last):
@@ -216,8 +221,10 @@ def test_peak_memory(rng, case, dtype, channels_last):
     if channels_last:
         x, grad_out = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, grad_out))
         axis = -1
-    split_forward, split_backward = (0, 0) if channels_last else \
-        split_scratch(shape, num_groups, threads)
+    if channels_last:
+        split_forward = split_backward = channels_last_scratch(shape, threads)
+    else:
+        split_forward, split_backward = split_scratch(shape, num_groups, threads)
 
     (y, mean, rstd), peak = peak_during(lambda: gncpu.group_norm(
         x, num_groups, weight, bias, channel_axis=axis, return_stats=True, num_threads=threads))

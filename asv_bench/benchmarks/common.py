@@ -44,22 +44,22 @@ def random_array(rng, shape, dtype):
     return x
 
 
-def group_stats(x, groups, eps=1e-5):
-    """(mean, rstd) of shape (N, G) for an (N, C, *spatial) array, as the backward takes them.
+def group_stats(x, groups, eps=1e-5, channel_axis=1):
+    """(mean, rstd) of shape (N, G) for an (N, C, *spatial) array (or (N, *spatial, C) with
+    ``channel_axis=-1``), as the backward takes them.
 
-    Computed one (sample, group) at a time in float64, so setup allocates no copy of ``x``;
+    Computed one sample at a time in float64, so setup allocates no copy of the whole ``x``;
     float64 for float64 input, else float32, like ``group_norm(..., return_stats=True)``.
     """
     n = x.shape[0]
-    grouped = x.reshape(n, groups, -1)
     stats_dtype = np.float64 if x.dtype == np.float64 else np.float32
     mean = np.empty((n, groups), stats_dtype)
     rstd = np.empty((n, groups), stats_dtype)
     for i in range(n):
-        for g in range(groups):
-            values = grouped[i, g].astype(np.float64)
-            mean[i, g] = values.mean()
-            rstd[i, g] = 1.0 / np.sqrt(values.var() + eps)
+        grouped = np.moveaxis(x[i], channel_axis - 1 if channel_axis > 0 else -1, 0)
+        grouped = grouped.astype(np.float64).reshape(groups, -1)
+        mean[i] = grouped.mean(axis=1)
+        rstd[i] = 1.0 / np.sqrt(grouped.var(axis=1) + eps)
     return mean, rstd
 
 
@@ -71,20 +71,24 @@ def channels_last(a):
 class Inputs:
     """Fresh random inputs (fixed seed) for one shape of the suite.
 
-    Attributes: ``x`` (N, C, *spatial), ``weight`` and ``bias`` (C,), ``groups``; with
-    ``backward=True``, ``grad_out`` (shape of ``x``) and ``mean``, ``rstd`` (N, G), else None.
+    Attributes: ``x`` (N, C, *spatial), or (N, *spatial, C) with ``layout="nhwc"`` (made in
+    that layout, no copy), ``weight`` and ``bias`` (C,), ``groups``; with ``backward=True``,
+    ``grad_out`` (shape of ``x``) and ``mean``, ``rstd`` (N, G), else None.
     """
 
-    def __init__(self, label, dtype, backward=False):
+    def __init__(self, label, dtype, backward=False, layout="nchw"):
         shape, self.groups = SHAPES[label]
+        axis = -1 if layout == "nhwc" else 1
+        if layout == "nhwc":
+            shape = (shape[0],) + tuple(shape[2:]) + (shape[1],)
         rng = np.random.default_rng(SEED)
         self.x = random_array(rng, shape, dtype)
-        self.weight = random_array(rng, shape[1], dtype)
-        self.bias = random_array(rng, shape[1], dtype)
+        self.weight = random_array(rng, shape[axis], dtype)
+        self.bias = random_array(rng, shape[axis], dtype)
         self.grad_out = self.mean = self.rstd = None
         if backward:
             self.grad_out = random_array(rng, shape, dtype)
-            self.mean, self.rstd = group_stats(self.x, self.groups)
+            self.mean, self.rstd = group_stats(self.x, self.groups, channel_axis=axis)
 
 
 def gncpu_call(label, dtype, threads, op, layout="nchw", activation=None):
