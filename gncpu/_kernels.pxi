@@ -70,25 +70,29 @@ cdef extern from "_simd.h" nogil:
     void gn_grad_x_bf16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t n,
                         float m, float a, float b, float c1, float c0, int act, int stream)
     void gn_pair_grad_sums_f32(const float* dy, const float* x, Py_ssize_t Cg,
-        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, float m, double r,
+        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, Py_ssize_t span,
+        float m, double r,
         const float* w, const float* bias, int act, double* db, double* ds)
     void gn_pair_grad_x_f32(const float* dy, const float* x, float* dx, Py_ssize_t Cg,
         Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
         const float* w, const float* bias, float c1, float c0, int act, int stream)
     void gn_pair_grad_sums_f64(const double* dy, const double* x, Py_ssize_t Cg,
-        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, double m, double r,
+        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, Py_ssize_t span,
+        double m, double r,
         const double* w, const double* bias, int act, double* db, double* ds)
     void gn_pair_grad_x_f64(const double* dy, const double* x, double* dx, Py_ssize_t Cg,
         Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, double m, double r,
         const double* w, const double* bias, double c1, double c0, int act, int stream)
     void gn_pair_grad_sums_f16(const uint16_t* dy, const uint16_t* x, Py_ssize_t Cg,
-        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, float m, double r,
+        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, Py_ssize_t span,
+        float m, double r,
         const float* w, const float* bias, int act, double* db, double* ds)
     void gn_pair_grad_x_f16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t Cg,
         Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
         const float* w, const float* bias, float c1, float c0, int act, int stream)
     void gn_pair_grad_sums_bf16(const uint16_t* dy, const uint16_t* x, Py_ssize_t Cg,
-        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, float m, double r,
+        Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, Py_ssize_t span,
+        float m, double r,
         const float* w, const float* bias, int act, double* db, double* ds)
     void gn_pair_grad_x_bf16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t Cg,
         Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
@@ -148,6 +152,10 @@ cdef extern from "_simd.h" nogil:
 cdef enum:
     # Elements per chunk (channels-first): a chunk is one vectorized pass.
     CHUNK = 2048
+    # Channels-first chunk results are merged in order within spans of consecutive chunks,
+    # then span by span; at most MAX_SPANS spans per (sample, group) in the forward pass,
+    # per channel in the backward. The split paths keep one partial per span, not per chunk.
+    MAX_SPANS = 64
     # Rows per chunk (channels-last).
     ROW_CHUNK = 64
     # Channels-last split paths cut a sample's channels into ranges of whole blocks of this
@@ -262,6 +270,17 @@ cdef inline char* at(const char* base, Py_ssize_t elements, const Layout* L) noe
     return <char*>base + elements * L.item
 
 
+cdef inline Py_ssize_t span_chunks(Py_ssize_t chunks) noexcept nogil:
+    """Chunks per span when `chunks` chunks are grouped into at most MAX_SPANS spans."""
+    return max(1, (chunks + MAX_SPANS - 1) // MAX_SPANS)
+
+
+cdef inline Py_ssize_t span_count(Py_ssize_t chunks) noexcept nogil:
+    """How many spans `chunks` chunks make (at most MAX_SPANS)."""
+    cdef Py_ssize_t per = span_chunks(chunks)
+    return (chunks + per - 1) // per
+
+
 # ---------------------------------------------------------------------------------------
 # Storage-dispatching wrappers of the _simd.h loops.
 
@@ -335,19 +354,21 @@ cdef inline void grad_x(const char* dy, const char* x, char* dx, Py_ssize_t n, c
 cdef inline void pair_grad_sums(const char* dy, const char* x, const Layout* L, real m,
                                 double r, const real* w, const real* bias, double* db,
                                 double* ds) noexcept nogil:
-    """gn_pair_grad_sums over the Cg channels starting at dy, x (chunks of CHUNK)."""
+    """gn_pair_grad_sums over the Cg channels starting at dy, x (chunks of CHUNK, spans of
+    span_chunks(row_chunks) chunks)."""
+    cdef Py_ssize_t span_len = span_chunks(L.row_chunks) * CHUNK
     if real is double:
         gn_pair_grad_sums_f64(<const double*>dy, <const double*>x, L.Cg, L.S, L.ds, L.xs, CHUNK,
-                              m, r, w, bias, L.act, db, ds)
+                              span_len, m, r, w, bias, L.act, db, ds)
     elif L.st == ST_F32:
-        gn_pair_grad_sums_f32(<const float*>dy, <const float*>x, L.Cg, L.S, L.ds, L.xs, CHUNK, m,
-                              r, w, bias, L.act, db, ds)
+        gn_pair_grad_sums_f32(<const float*>dy, <const float*>x, L.Cg, L.S, L.ds, L.xs, CHUNK,
+                              span_len, m, r, w, bias, L.act, db, ds)
     elif L.st == ST_F16:
         gn_pair_grad_sums_f16(<const uint16_t*>dy, <const uint16_t*>x, L.Cg, L.S, L.ds, L.xs,
-                              CHUNK, m, r, w, bias, L.act, db, ds)
+                              CHUNK, span_len, m, r, w, bias, L.act, db, ds)
     else:
         gn_pair_grad_sums_bf16(<const uint16_t*>dy, <const uint16_t*>x, L.Cg, L.S, L.ds, L.xs,
-                               CHUNK, m, r, w, bias, L.act, db, ds)
+                               CHUNK, span_len, m, r, w, bias, L.act, db, ds)
 
 
 cdef inline void pair_grad_x(const char* dy, const char* x, char* dx, const Layout* L, real m,
@@ -480,15 +501,27 @@ cdef inline void normalize_span(const char* src, Py_ssize_t srcN, Py_ssize_t src
         s = 0
 
 
+cdef void pair_span_moments(const char* x, const char* res, char* s, const Layout* L,
+                            Py_ssize_t p, Py_ssize_t t, Moments* out) noexcept nogil:
+    """Moments of span t of pair p: its chunks' moments merged in order."""
+    cdef Py_ssize_t chunks = L.rows * L.row_chunks, per = span_chunks(chunks), k
+    cdef Moments part
+    out.n = 0; out.mean = 0; out.m2 = 0
+    for k in range(t * per, min(chunks, (t + 1) * per)):
+        pair_chunk_moments(x, res, s, L, p, k, &part)
+        merge_moments(out, &part)
+
+
 cdef void forward_pair(const char* x, const char* res, char* s, char* y, const Layout* L,
                        Py_ssize_t p, double eps, const real* weight, const real* bias,
                        real* mean, real* rstd) noexcept nogil:
-    """Pair p: its statistics, then its outputs while its data is still in cache."""
-    cdef Py_ssize_t k, r
+    """Pair p: its statistics (its spans' moments merged in order), then its outputs while
+    its data is still in cache."""
+    cdef Py_ssize_t t, r
     cdef Moments total, part
     total.n = 0; total.mean = 0; total.m2 = 0
-    for k in range(L.rows * L.row_chunks):
-        pair_chunk_moments(x, res, s, L, p, k, &part)
+    for t in range(span_count(L.rows * L.row_chunks)):
+        pair_span_moments(x, res, s, L, p, t, &part)
         merge_moments(&total, &part)
     finish_stats(&total, eps, p, mean, rstd)
     for r in range(L.rows):
@@ -501,10 +534,11 @@ cdef void forward_pair(const char* x, const char* res, char* s, char* y, const L
 cdef void forward_nchw(const char* x, const char* res, char* s, char* y, const Layout* L,
                        double eps, const real* weight, const real* bias, real* mean,
                        real* rstd, Moments* parts, int threads) noexcept nogil:
-    """One task per pair; or, with few pairs for the threads (parts != NULL), chunk moments
-    in parallel, merged per pair in forward_pair's order, then outputs in parallel."""
-    cdef Py_ssize_t i, p, k, start
-    cdef Py_ssize_t chunks = L.rows * L.row_chunks
+    """One task per pair; or, with few pairs for the threads (parts != NULL: one per span),
+    span moments in parallel, merged per pair in forward_pair's order, then outputs in
+    parallel by chunks."""
+    cdef Py_ssize_t i, p, t, start
+    cdef Py_ssize_t chunks = L.rows * L.row_chunks, spans = span_count(chunks)
     cdef Py_ssize_t items = L.N * L.G * chunks
     cdef Moments total
     if parts == NULL:
@@ -515,12 +549,12 @@ cdef void forward_nchw(const char* x, const char* res, char* s, char* y, const L
             for p in prange(L.N * L.G, schedule='static', num_threads=threads):
                 forward_pair(x, res, s, y, L, p, eps, weight, bias, mean, rstd)
         return
-    for i in prange(items, schedule='static', num_threads=threads):
-        pair_chunk_moments(x, res, s, L, i // chunks, i % chunks, &parts[i])
+    for i in prange(L.N * L.G * spans, schedule='static', num_threads=threads):
+        pair_span_moments(x, res, s, L, i // spans, i % spans, &parts[i])
     for p in range(L.N * L.G):
         total.n = 0; total.mean = 0; total.m2 = 0
-        for k in range(chunks):
-            merge_moments(&total, &parts[p * chunks + k])
+        for t in range(spans):
+            merge_moments(&total, &parts[p * spans + t])
         finish_stats(&total, eps, p, mean, rstd)
     for i in prange(items, schedule='static', num_threads=threads):
         start = (i % L.row_chunks) * CHUNK
@@ -727,15 +761,25 @@ cdef inline real scale_of(const Layout* L, Py_ssize_t c, Py_ssize_t p, const rea
     return <real>((1.0 if weight == NULL else <double>weight[c]) * <double>rstd[p])
 
 
-cdef inline void channel_chunk_sums(const char* dy, const char* x, const Layout* L,
-                                    Py_ssize_t nc, Py_ssize_t j, const real* mean,
-                                    const real* rstd, const real* weight, const real* bias,
-                                    double* out) noexcept nogil:
-    """grad_sums of chunk j of channel nc = n * C + c (channels-first)."""
-    cdef Py_ssize_t i = nc // L.C, c = nc % L.C, p = i * L.G + c // L.Cg, start = j * CHUNK
-    grad_sums(at(dy, i * L.dsN + c * L.ds + start, L), at(x, i * L.xsN + c * L.xs + start, L),
-              min(CHUNK, L.S - start), L, mean[p], scale_of(L, c, p, rstd, weight),
-              0 if bias == NULL else bias[c], out)
+cdef inline void channel_span_sums(const char* dy, const char* x, const Layout* L,
+                                   Py_ssize_t nc, Py_ssize_t t, const real* mean,
+                                   const real* rstd, const real* weight, const real* bias,
+                                   double* out) noexcept nogil:
+    """grad_sums of span t of channel nc = n * C + c (channels-first): its chunks' sums
+    added in order, as gn_pair_grad_sums does."""
+    cdef Py_ssize_t i = nc // L.C, c = nc % L.C, p = i * L.G + c // L.Cg, j, start
+    cdef Py_ssize_t per = span_chunks(L.row_chunks)
+    cdef double part[2]
+    out[0] = 0
+    out[1] = 0
+    for j in range(t * per, min(L.row_chunks, (t + 1) * per)):
+        start = j * CHUNK
+        grad_sums(at(dy, i * L.dsN + c * L.ds + start, L),
+                  at(x, i * L.xsN + c * L.xs + start, L), min(CHUNK, L.S - start), L,
+                  mean[p], scale_of(L, c, p, rstd, weight), 0 if bias == NULL else bias[c],
+                  part)
+        out[0] = out[0] + part[0]
+        out[1] = out[1] + part[1]
 
 
 cdef inline void channel_chunk_grad_x(const char* dy, const char* x, char* dx,
@@ -773,8 +817,10 @@ cdef void backward_nchw(const char* dy, const char* x, char* dx, const Layout* L
                         const real* bias, double* db, double* ds, double* terms,
                         double* parts, int threads) noexcept nogil:
     """One task per pair; or, with few pairs for the threads (parts != NULL: 2 sums per
-    chunk), the same arithmetic with each phase parallel over chunks."""
-    cdef Py_ssize_t i, j, p
+    span of each channel), the same arithmetic with the sums parallel over spans and
+    grad_x over chunks."""
+    cdef Py_ssize_t i, t, p
+    cdef Py_ssize_t spans = span_count(L.row_chunks)
     cdef Py_ssize_t items = L.N * L.C * L.row_chunks
     cdef double a, b
     if parts == NULL:
@@ -785,15 +831,15 @@ cdef void backward_nchw(const char* dy, const char* x, char* dx, const Layout* L
             for p in prange(L.N * L.G, schedule='static', num_threads=threads):
                 backward_pair(dy, x, dx, L, p, mean, rstd, weight, bias, db, ds, terms)
         return
-    for i in prange(items, schedule='static', num_threads=threads):
-        channel_chunk_sums(dy, x, L, i // L.row_chunks, i % L.row_chunks, mean, rstd, weight,
-                           bias, &parts[2 * i])
+    for i in prange(L.N * L.C * spans, schedule='static', num_threads=threads):
+        channel_span_sums(dy, x, L, i // spans, i % spans, mean, rstd, weight, bias,
+                          &parts[2 * i])
     for i in range(L.N * L.C):
         a = 0
         b = 0
-        for j in range(L.row_chunks):
-            a = a + parts[2 * (i * L.row_chunks + j)]
-            b = b + parts[2 * (i * L.row_chunks + j) + 1]
+        for t in range(spans):
+            a = a + parts[2 * (i * spans + t)]
+            b = b + parts[2 * (i * spans + t) + 1]
         db[i] = a
         ds[i] = b
     for p in range(L.N * L.G):
@@ -1367,7 +1413,7 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
     elif not last:
         split = threads > 1 and N * G < 2 * threads
         if split:
-            scratch = np.empty(3 * N * G * L.rows * L.row_chunks, dtype=F64)
+            scratch = np.empty(3 * N * G * span_count(L.rows * L.row_chunks), dtype=F64)
         pscr = ptr(scratch)
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
@@ -1483,7 +1529,7 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
                     or (N * C * S * L.item >= STREAM_LONG_BYTES
                         and S * L.item >= STREAM_LONG_RUN_BYTES))
         split = threads > 1 and N * G < 2 * threads
-        chunks = 2 * N * C * L.row_chunks if split else 0
+        chunks = 2 * N * C * span_count(L.row_chunks) if split else 0
     else:
         split = threads > 1 and N < 2 * threads
         tasks = N if split else threads

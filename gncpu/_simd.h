@@ -674,36 +674,44 @@ static inline void gn_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t 
                                                                                           \
 /* One pair's Cg channels (channels-first): channel k at dy + k * dys, x + k * xs,         \
  * dx + k * dxs, with a_k = w_k * r rounded to CT as in the forward pass (w NULL: 1) and   \
- * b_k = bias_k (NULL: 0). Sums: each channel's chunks of `chunk` elements, gn_grad_sums  \
- * of each added in order in float64, so a caller summing chunks in parallel gets the     \
- * same bits. */                                                                          \
+ * b_k = bias_k (NULL: 0). Sums: each channel is cut into spans of `span` elements, spans \
+ * into chunks of `chunk`; the chunks' gn_grad_sums are added in order in float64 per     \
+ * span, the spans' sums in order per channel, so a caller summing spans in parallel gets \
+ * the same bits. */                                                                      \
 static inline CT gn_scale_##SUF(const CT *w, ptrdiff_t k, double r)                       \
 {                                                                                         \
     return (CT)((w == NULL ? 1.0 : (double)w[k]) * r);                                    \
 }                                                                                         \
                                                                                           \
 static void gn_pair_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t Cg, ptrdiff_t S, \
-                                    ptrdiff_t dys, ptrdiff_t xs, ptrdiff_t chunk, CT m,   \
-                                    double r, const CT *w, const CT *bias, int act,       \
-                                    double *db, double *ds)                               \
+                                    ptrdiff_t dys, ptrdiff_t xs, ptrdiff_t chunk,         \
+                                    ptrdiff_t span, CT m, double r, const CT *w,          \
+                                    const CT *bias, int act, double *db, double *ds)      \
 {                                                                                         \
     const VT vm = gn_splat_##SUF(m);                                                      \
-    double part[2], sa, sb;                                                               \
-    ptrdiff_t k, j;                                                                       \
+    double part[2], sa, sb, ta, tb;                                                       \
+    ptrdiff_t k, j, end;                                                                  \
     for (k = 0; k < Cg; k++) {                                                            \
         const VT va = gn_splat_##SUF(gn_scale_##SUF(w, k, r));                            \
         const VT vb = gn_splat_##SUF(bias == NULL ? (CT)0 : bias[k]);                     \
         sa = 0;                                                                           \
         sb = 0;                                                                           \
-        for (j = 0; j < S; j += chunk) {                                                  \
-            if (act == GN_ACT_NONE)                                                       \
-                gn_grad_sums_loop_##SUF(dy + k * dys + j, x + k * xs + j,                 \
-                    S - j < chunk ? S - j : chunk, vm, va, vb, GN_ACT_NONE, part);        \
-            else                                                                          \
-                gn_grad_sums_loop_##SUF(dy + k * dys + j, x + k * xs + j,                 \
-                    S - j < chunk ? S - j : chunk, vm, va, vb, act, part);                \
-            sa = sa + part[0];                                                            \
-            sb = sb + part[1];                                                            \
+        for (j = 0; j < S; ) {                                                            \
+            ta = 0;                                                                       \
+            tb = 0;                                                                       \
+            end = S - j < span ? S : j + span;                                            \
+            for (; j < end; j += chunk) {                                                 \
+                if (act == GN_ACT_NONE)                                                   \
+                    gn_grad_sums_loop_##SUF(dy + k * dys + j, x + k * xs + j,             \
+                        end - j < chunk ? end - j : chunk, vm, va, vb, GN_ACT_NONE, part);\
+                else                                                                      \
+                    gn_grad_sums_loop_##SUF(dy + k * dys + j, x + k * xs + j,             \
+                        end - j < chunk ? end - j : chunk, vm, va, vb, act, part);        \
+                ta = ta + part[0];                                                        \
+                tb = tb + part[1];                                                        \
+            }                                                                             \
+            sa = sa + ta;                                                                 \
+            sb = sb + tb;                                                                 \
         }                                                                                 \
         db[k] = sa;                                                                       \
         ds[k] = sb;                                                                       \

@@ -4,10 +4,11 @@
   paths) leave the resident set flat and the reference counts of the inputs unchanged.
 - Peak memory, seen by tracemalloc (NumPy reports its data allocations to it, and the
   kernels' scratch is NumPy arrays): a forward call allocates its output and the (N, G)
-  statistics, a backward call its outputs and O(N * C) partials; plus, on the split path
-  (few (sample, group) pairs for the threads), a few float64 per 2048-element chunk; and,
-  channels-last, 7 float64 per channel for each thread (or each sample, when there are
-  fewer than twice as many samples as threads).
+  statistics, a backward call its outputs and O(N * C) partials. Scratch on top: on the
+  channels-first split path (few (sample, group) pairs for the threads), a few float64 per
+  span of chunks, at most 64 spans per (sample, group) or channel; channels-last, 7
+  float64 per channel for each thread (or each sample, when there are fewer than twice
+  as many samples as threads).
 - Concurrency: 8 Python threads call forward and backward with mixed shapes, dtypes,
   layouts and thread counts for GNCPU_STRESS_SECONDS (default 10); every result is bitwise
   the serial one, and the main thread keeps waking up on time.
@@ -167,6 +168,7 @@ def test_no_leak(name):
 # Allowance for Python objects (tuples, the array headers) on top of the counted bytes.
 SLACK = 16 << 10
 CHUNK = 2048  # elements per chunk (channels-first), as in _kernels.pxi
+MAX_SPANS = 64  # chunks are merged in at most this many spans, as in _kernels.pxi
 
 
 def peak_during(func):
@@ -183,20 +185,26 @@ def peak_during(func):
     return result, peak
 
 
+def spans(chunks):
+    """How many spans `chunks` chunks are merged in: at most MAX_SPANS, as in _kernels.pxi."""
+    per = max(1, -(-chunks // MAX_SPANS))
+    return -(-chunks // per)
+
+
 def split_scratch(shape, num_groups, threads):
-    """Bytes of the channels-first split path's chunk partials: with fewer (sample, group)
-    pairs than twice the threads, 3 float64 (forward) or 2 per channel (backward) per chunk
-    of 2048 elements, so that they merge in a fixed order."""
+    """Bytes of the channels-first split path's partials: with fewer (sample, group) pairs
+    than twice the threads, 3 float64 per span of each pair (forward) or 2 per span of each
+    channel (backward), so that they merge in a fixed order."""
     n, c, s = shape[0], shape[1], int(np.prod(shape[2:]))
     if threads == 1 or n * num_groups >= 2 * threads:
         return 0, 0
-    forward = 3 * 8 * n * num_groups * ((c // num_groups * s + CHUNK - 1) // CHUNK)
-    backward = 2 * 8 * n * c * ((s + CHUNK - 1) // CHUNK)
+    forward = 3 * 8 * n * num_groups * spans(-(-(c // num_groups * s) // CHUNK))
+    backward = 2 * 8 * n * c * spans(-(-s // CHUNK))
     return forward, backward
 
 
 PEAK_CASES = [((8, 32, 64, 64), 8, 1), ((8, 32, 64, 64), 8, 2), ((1, 32, 128, 128), 1, 2),
-              ((4, 64, 4096), 32, 2)]
+              ((4, 64, 4096), 32, 2), ((1, 4, 1 << 20), 1, 2)]
 
 
 def channels_last_scratch(shape, threads):
