@@ -7,6 +7,9 @@ def main(argv=None):
     commands = {"bench": "side-by-side speed table (see 'bench --help')",
                 "config": "how gncpu was built: OpenMP, threads, SIMD path"}
     if not argv or argv[0] not in commands:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"python -m gncpu: unknown command {argv[0]!r}; choose bench or config",
+                  file=sys.stderr)
         print("usage: python -m gncpu {bench,config} [options]\n" +
               "\n".join(f"  {name:8s} {text}" for name, text in commands.items()),
               file=sys.stderr)

@@ -28,6 +28,11 @@ import numpy as np
 
 cnp.import_array()
 
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
+    const Py_ssize_t PY_SSIZE_T_MAX
+    const Py_ssize_t PY_SSIZE_T_MIN
+
 cdef extern from "_platform.h" nogil:
     int gn_openmp_enabled()
     int gn_max_threads()
@@ -988,23 +993,90 @@ cdef int plan_threads(object num_threads, Py_ssize_t work) except -1:
     cdef Py_ssize_t threads
     if num_threads is None:
         threads = gn_max_threads()
-    else:
-        threads = as_int(num_threads, "num_threads")
-        if threads < 1:
-            raise ValueError(f"num_threads={threads} must be at least 1 "
-                             "(or None for the OpenMP default)")
+    elif as_int(num_threads, "num_threads", &threads) or threads < 1:
+        raise ValueError(f"num_threads={int_text(num_threads)} "
+                         + ("must be at least 1" if threads < 1 else
+                            f"is out of range: use 1 to {PY_SSIZE_T_MAX}")
+                         + " (or None for the OpenMP default)")
     return <int>max(1, min(threads, work // MIN_WORK_PER_THREAD))
 
 
-cdef Py_ssize_t as_int(object value, str name) except? -1:
-    if type(value) is int:
-        return value
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}={value!r} must be an integer, not a bool")
+cdef int as_int(object value, str name, Py_ssize_t* result) except -1:
+    """An integer argument (int, NumPy integer, anything with __index__; not a bool) into
+    *result. Returns 1 if it does not fit a Py_ssize_t (*result is then PY_SSIZE_T_MAX or
+    PY_SSIZE_T_MIN, by its sign): the caller raises its own ValueError, naming the valid
+    range. Anything else is a TypeError."""
+    cdef int overflow = 0
+    cdef long long v
+    if type(value) is not int:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name}={value!r} must be an integer, not a bool")
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name}={shown(value)} must be an integer") from None
+    v = PyLong_AsLongLongAndOverflow(value, &overflow)
+    if overflow or v > PY_SSIZE_T_MAX or v < PY_SSIZE_T_MIN:
+        result[0] = PY_SSIZE_T_MIN if (overflow < 0 if overflow else v < 0) else PY_SSIZE_T_MAX
+        return 1
+    result[0] = <Py_ssize_t>v
+    return 0
+
+
+cdef str int_text(object value):
+    """An integer argument as a message shows it: in full up to 40 digits, else rounded
+    (str() of an int of more than 4300 digits raises)."""
+    value = operator.index(value)
+    if -10**40 < value < 10**40:
+        return str(value)
+    magnitude = abs(value)
+    exponent = (magnitude.bit_length() - 1) * 30103 // 100000  # floor(log10) or one less
+    while 10 ** (exponent + 1) <= magnitude:
+        exponent += 1
+    lead = magnitude // 10 ** (exponent - 2)
+    return (f"{'-' if value < 0 else ''}{lead // 100}.{lead % 100:02d}e+{exponent} "
+            f"(an integer of {exponent + 1} digits)")
+
+
+cdef str shown(object value):
+    """A short repr of an argument for a message."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int_text(value)
     try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}={value!r} must be an integer") from None
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object>"
+    return text if len(text) <= 60 else text[:50] + "..." + text[-7:]
+
+
+cdef str named(str name, object obj):
+    """How a message names an array argument: by name when it is an ndarray, else by name
+    and value (a list, a scalar, None, a string: what it was converted from)."""
+    return name if isinstance(obj, np.ndarray) else f"{name}={shown(obj)}"
+
+
+cdef str valid_divisors(Py_ssize_t C, object near):
+    """A message's list of the valid group counts (or sizes), the divisors of C: all of
+    them, or the 24 around `near` when there are more."""
+    cdef Py_ssize_t d = 1
+    cdef list small = [], large = []
+    if C > (<Py_ssize_t>1) << 40:  # sqrt(C) trial divisions would take seconds
+        return f"valid values are the divisors of C={C}"
+    while d * d <= C:
+        if C % d == 0:
+            small.append(d)
+            if d * d != C:
+                large.append(C // d)
+        d += 1
+    divisors = small + large[::-1]
+    if len(divisors) > 24:
+        at = sum([1 for v in divisors if v < near])
+        lo = max(0, min(at - 12, len(divisors) - 24))
+        text = (("..., " if lo else "") + ", ".join([str(v) for v in divisors[lo:lo + 24]])
+                + (", ..." if lo + 24 < len(divisors) else ""))
+    else:
+        text = ", ".join([str(v) for v in divisors])
+    return f"valid values for C={C}: {text}"
 
 
 cdef Py_ssize_t resolve_groups(object num_groups, object group_size, Py_ssize_t C) except -1:
@@ -1012,16 +1084,16 @@ cdef Py_ssize_t resolve_groups(object num_groups, object group_size, Py_ssize_t 
     cdef Py_ssize_t k
     if (num_groups is None) == (group_size is None):
         raise ValueError("give exactly one of num_groups and group_size (channels per group); "
-                         f"got num_groups={num_groups!r}, group_size={group_size!r}")
+                         f"got num_groups={shown(num_groups)}, group_size={shown(group_size)}")
     if C == 0:
-        raise ValueError("x has C=0 channels: nothing to group")
+        raise ValueError("x has C=0 channels: nothing to group (C must be at least 1)")
     name = "num_groups" if num_groups is not None else "group_size"
-    k = as_int(num_groups if num_groups is not None else group_size, name)
-    if k <= 0 or C % k:
-        raise ValueError((f"{name}={k} must be positive" if k <= 0 else
-                          f"C={C} is not divisible by {name}={k}")
-                         + f"; valid values for C={C}: "
-                         + ", ".join([str(d) for d in range(1, C + 1) if C % d == 0]))
+    value = num_groups if num_groups is not None else group_size
+    if as_int(value, name, &k) or k <= 0 or C % k:
+        value = operator.index(value)
+        raise ValueError((f"{name}={int_text(value)} must be positive" if value <= 0 else
+                          f"C={C} is not divisible by {name}={int_text(value)}")
+                         + "; " + valid_divisors(C, value))
     return k if num_groups is not None else C // k
 
 
@@ -1029,26 +1101,27 @@ cdef int activation_code(object activation) except -1:
     try:
         return ACTIVATIONS[activation]
     except (KeyError, TypeError):
-        raise ValueError(f"activation={activation!r} is not supported; choose None, 'relu' "
-                         "or 'silu'") from None
+        raise ValueError(f"activation={shown(activation)} is not supported; choose None, "
+                         "'relu' or 'silu'") from None
 
 
 cdef bint channels_last(object channel_axis, int nd) except -1:
     """Whether channel_axis names the last axis (channels-last) rather than axis 1."""
     if type(channel_axis) is int and channel_axis == 1:
         return False
-    cdef Py_ssize_t k = as_int(channel_axis, "channel_axis")
-    cdef Py_ssize_t axis = k + nd if k < 0 else k
-    if axis == 1:
-        return False
-    if axis == nd - 1 and nd > 2:
-        return True
-    raise ValueError(f"channel_axis={k} is not supported for a {nd}-dimensional x: use 1 "
-                     "(channels first, (N, C, *spatial)) or -1 (channels last, "
-                     "(N, *spatial, C))")
+    cdef Py_ssize_t k, axis
+    if not as_int(channel_axis, "channel_axis", &k):
+        axis = k + nd if k < 0 else k
+        if axis == 1:
+            return False
+        if axis == nd - 1 and nd > 2:
+            return True
+    raise ValueError(f"channel_axis={int_text(channel_axis)} is not supported for a "
+                     f"{nd}-dimensional x: use 1 (channels first, (N, C, *spatial)) or -1 "
+                     "(channels last, (N, *spatial, C))")
 
 
-cdef tuple storage_of(cnp.ndarray arr, str name):
+cdef tuple storage_of(cnp.ndarray arr, str name, object obj):
     """(storage kind, storage dtype, compute type number) for a data array.
 
     float32, float64, float16 and bfloat16 (from ml_dtypes) are stored as they are; the
@@ -1067,8 +1140,8 @@ cdef tuple storage_of(cnp.ndarray arr, str name):
         return ST_BF16, dt.newbyteorder("="), cnp.NPY_FLOAT32
     if dt.kind in "fiub":
         return ST_F64, F64, cnp.NPY_FLOAT64
-    raise TypeError(f"{name} has dtype {dt}: gncpu normalizes real numbers (floating "
-                    "point; integers and booleans are converted to float64)")
+    raise TypeError(f"{named(name, obj)} has dtype {dt}: gncpu normalizes real numbers "
+                    "(floating point; integers and booleans are converted to float64)")
 
 
 cdef bint kernel_strides(cnp.ndarray a, bint last, Py_ssize_t* sN, Py_ssize_t* s):
@@ -1125,12 +1198,21 @@ cdef cnp.ndarray kernel_array(object obj, object storage, bint last, Py_ssize_t*
     return arr
 
 
+cdef cnp.ndarray to_array(object obj, str name):
+    """np.asarray(obj), naming the argument when it cannot be converted (ragged lists)."""
+    try:
+        return np.asarray(obj)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"{name}={shown(obj)} is not an array of numbers: {error}") from None
+
+
 cdef cnp.ndarray as_data(object obj, str name, tuple shape):
     """A data argument that must have x's shape, as an array of real numbers."""
-    cdef cnp.ndarray arr = obj if type(obj) is np.ndarray else np.asarray(obj)
-    storage_of(arr, name)
+    cdef cnp.ndarray arr = obj if type(obj) is np.ndarray else to_array(obj, name)
+    storage_of(arr, name, obj)
     if (<object>arr).shape != shape:
-        raise ValueError(f"{name} has shape {(<object>arr).shape}; expected x's shape {shape}")
+        raise ValueError(f"{named(name, obj)} has shape {(<object>arr).shape}; expected x's "
+                         f"shape {shape}")
     return arr
 
 
@@ -1138,28 +1220,35 @@ cdef cnp.ndarray channel_vector(object obj, str name, Py_ssize_t C, int typenum)
     """A (C,) parameter as a contiguous array of type typenum, or None."""
     if obj is None:
         return None
-    cdef cnp.ndarray arr = obj if type(obj) is np.ndarray else np.asarray(obj)
+    cdef cnp.ndarray arr = obj if type(obj) is np.ndarray else to_array(obj, name)
     if (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == 1
             and cnp.PyArray_DIMS(arr)[0] == C and cnp.PyArray_ISCARRAY_RO(arr)):
         return arr
     if arr.dtype.kind not in "fiub" and arr.dtype.name != "bfloat16":
-        raise TypeError(f"{name} has dtype {arr.dtype}: expected real numbers")
+        raise TypeError(f"{named(name, obj)} has dtype {arr.dtype}: expected real numbers "
+                        "(floating point, integers or booleans)")
     if cnp.PyArray_NDIM(arr) != 1 or cnp.PyArray_DIMS(arr)[0] != C:
-        raise ValueError(f"{name} has shape {(<object>arr).shape}; expected (C,) = ({C},)")
+        raise ValueError(f"{named(name, obj)} has shape {(<object>arr).shape}; expected (C,) "
+                         f"= ({C},)")
     return np.ascontiguousarray(arr, dtype=np.dtype(F32 if typenum == cnp.NPY_FLOAT32 else F64))
 
 
-cdef cnp.ndarray stats_array(object obj, str name, Py_ssize_t N, Py_ssize_t G, int typenum):
-    """mean or rstd as a contiguous (N, G) array of type typenum."""
-    cdef cnp.ndarray arr = obj if type(obj) is np.ndarray else np.asarray(obj)
+cdef cnp.ndarray stats_array(object obj, str name, Py_ssize_t N, Py_ssize_t G, int typenum,
+                             cnp.ndarray x):
+    """mean or rstd as a contiguous (N, G) array of type typenum: group_norm returns them
+    so; other real types (float16, bfloat16, integers) are converted."""
+    cdef cnp.ndarray arr = obj if type(obj) is np.ndarray else to_array(obj, name)
     if cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_ISCARRAY_RO(arr) \
             and cnp.PyArray_NDIM(arr) == 2 and cnp.PyArray_DIMS(arr)[0] == N \
             and cnp.PyArray_DIMS(arr)[1] == G:
         return arr
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} has dtype {arr.dtype}: expected floating point")
+    if arr.dtype.kind not in "fiu" and arr.dtype.name != "bfloat16":
+        raise TypeError(f"{named(name, obj)} has dtype {arr.dtype}; expected "
+                        f"{F32 if typenum == cnp.NPY_FLOAT32 else F64}, the dtype of "
+                        f"group_norm's statistics for x of dtype {x.dtype}")
     if (<object>arr).shape != (N, G):
-        raise ValueError(f"{name} has shape {(<object>arr).shape}; expected (N, G) = ({N}, {G})")
+        raise ValueError(f"{named(name, obj)} has shape {(<object>arr).shape}; expected (N, G) "
+                         f"= ({N}, {G})")
     return np.ascontiguousarray(arr, dtype=F32 if typenum == cnp.NPY_FLOAT32 else F64)
 
 
@@ -1168,9 +1257,12 @@ cdef double check_eps(object eps) except? -1:
     try:
         e = eps
     except TypeError:
-        raise TypeError(f"eps={eps!r} must be a real number") from None
+        raise TypeError(f"eps={shown(eps)} must be a real number") from None
+    except OverflowError:  # an int or Fraction beyond float64
+        raise ValueError(f"eps={shown(eps)} is out of float64's range: it must be finite and "
+                         "non-negative") from None
     if not (e >= 0 and e < float("inf")):
-        raise ValueError(f"eps={eps!r} must be finite and non-negative")
+        raise ValueError(f"eps={shown(eps)} must be finite and non-negative")
     return e
 
 
@@ -1225,7 +1317,7 @@ cdef cnp.ndarray writable_target(object target, str name, cnp.ndarray x, object 
             or o.dtype == x.dtype and o.dtype.newbyteorder("=") == storage):
         raise ValueError(f"{name} has dtype {o.dtype}; expected {storage} for this x")
     if not cnp.PyArray_ISWRITEABLE(o):
-        raise ValueError(f"{name} is read-only")
+        raise ValueError(f"{name} is read-only: pass a writeable array")
     if not kernel_strides(o, last, sN, s):
         return None
     for r in readers:
@@ -1255,10 +1347,11 @@ cdef cnp.ndarray empty_like_c(cnp.ndarray like, object storage):
 
 
 cdef cnp.ndarray data_input(object x, str what):
-    cdef cnp.ndarray arr = x if type(x) is np.ndarray else np.asarray(x)
+    cdef cnp.ndarray arr = x if type(x) is np.ndarray else to_array(x, what)
     if cnp.PyArray_NDIM(arr) < 2:
-        raise ValueError(f"{what} has shape {(<object>arr).shape}; expected (N, C, *spatial) "
-                         "with at least 2 dimensions")
+        storage_of(arr, what, x)  # None, a string or an object is a TypeError first
+        raise ValueError(f"{named(what, x)} has shape {(<object>arr).shape}; expected "
+                         "(N, C, *spatial) with at least 2 dimensions")
     return arr
 
 
@@ -1321,11 +1414,15 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
     Raises
     ------
     ValueError
-        C not divisible by ``num_groups``, a wrong shape of ``weight``, ``bias``,
-        ``residual`` or ``out``, a negative or non-finite ``eps``, ``x.ndim < 2``, an
-        unknown ``activation`` or ``channel_axis``.
+        C not divisible by ``num_groups`` (the message lists the divisors), an integer
+        argument out of range (``num_threads < 1``, beyond int64), a wrong shape of
+        ``weight``, ``bias``, ``residual`` or ``out``, a wrong dtype or a read-only
+        ``out``, a negative or non-finite ``eps``, ``x.ndim < 2``, an unknown
+        ``activation`` or ``channel_axis``. Each message names the offending value and
+        what would be valid.
     TypeError
-        Complex, object or string data; a non-integer group count.
+        Complex, object or string data (None, too); a non-integer ``num_groups``,
+        ``group_size``, ``channel_axis`` or ``num_threads`` (floats and bools included).
 
     Notes
     -----
@@ -1355,7 +1452,7 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
     cdef Layout L
     cdef cnp.npy_intp stat_dims[2]
     arr = data_input(x, "x")
-    st, storage, typenum = storage_of(arr, "x")
+    st, storage, typenum = storage_of(arr, "x", x)
     last = channels_last(channel_axis, cnp.PyArray_NDIM(arr))
     data_shape(arr, last, &N, &C, &S)
     G = resolve_groups(num_groups, group_size, C)
@@ -1370,7 +1467,8 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
     if residual is not None:
         r3 = kernel_array(as_data(residual, "residual", shape), storage, last, &L.rsN, &L.rs)
     elif residual_out is not None:
-        raise ValueError("residual_out is only written when a residual is given")
+        raise ValueError("residual_out is given without residual: pass residual too, or "
+                         "leave residual_out None")
     readers = (x3,) if r3 is None else (x3, r3)
     y3 = None
     if out is not None:
@@ -1384,7 +1482,7 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
                              readers)
         resout = residual_out
         if overlaps(resout, y3) or (outarr is not None and overlaps(resout, outarr)):
-            raise ValueError("out and residual_out must not overlap")
+            raise ValueError("out and residual_out overlap in memory: pass separate arrays")
         if s3 is None:
             s3 = empty_like_c(arr, storage)
             kernel_strides(s3, last, &L.ssN, &L.ss)
@@ -1469,7 +1567,9 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
     x : array_like, shape (N, C, *spatial), or (N, *spatial, C) with ``channel_axis=-1``
         The forward pass's input (with a residual: the sum ``x + residual``).
     mean, rstd : array_like, shape (N, G)
-        The statistics :func:`group_norm` returned with ``return_stats=True``.
+        The statistics :func:`group_norm` returned with ``return_stats=True`` (float32, or
+        float64 for float64 and integer ``x``); other real dtypes (float16, bfloat16,
+        integers) are converted to that one.
     num_groups : int, optional
         G; give exactly one of ``num_groups`` and ``group_size``.
     weight : array_like, shape (C,), optional
@@ -1508,13 +1608,13 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
     cdef bint last, split
     cdef Layout L
     arr = data_input(x, "x")
-    st, storage, typenum = storage_of(arr, "x")
+    st, storage, typenum = storage_of(arr, "x", x)
     dyarr = as_data(grad_out, "grad_out", (<object>arr).shape)
     last = channels_last(channel_axis, cnp.PyArray_NDIM(arr))
     data_shape(arr, last, &N, &C, &S)
     G = resolve_groups(num_groups, group_size, C)
-    m = stats_array(mean, "mean", N, G, typenum)
-    r = stats_array(rstd, "rstd", N, G, typenum)
+    m = stats_array(mean, "mean", N, G, typenum, arr)
+    r = stats_array(rstd, "rstd", N, G, typenum, arr)
     w = channel_vector(weight, "weight", C, typenum)
     b = channel_vector(bias, "bias", C, typenum)
     act = GN_ACT_NONE if activation is None else activation_code(activation)

@@ -1,5 +1,6 @@
 """The GroupNorm layer: parameters and the statistics of the last forward pass."""
 import numbers
+import operator
 
 import numpy as np
 
@@ -14,13 +15,14 @@ class GroupNorm:
     num_groups : int
         G, which must divide ``num_channels``.
     num_channels : int
-        C, the size of axis 1 of the input.
+        C (at least 1), the size of the input's channel axis.
     eps : float, default 1e-5
         Added to the variance.
     affine : bool, default True
         Hold a per-channel ``weight`` (ones) and ``bias`` (zeros). Without it they are None.
     dtype : dtype, default numpy.float32
-        dtype of ``weight``, ``bias`` and their gradients.
+        dtype of ``weight``, ``bias`` and their gradients: float32, float64, float16 or
+        bfloat16 (``ml_dtypes``).
     channel_axis : {1, -1}, default 1
         Channels on axis 1 (N, C, *spatial) or last (N, *spatial, C).
     activation : {None, 'relu', 'silu'}, default None
@@ -54,6 +56,26 @@ class GroupNorm:
                 or channel_axis not in (1, -1):
             raise ValueError(f"channel_axis={channel_axis!r} is not supported by the layer: "
                              "use 1 (channels first) or -1 (channels last)")
+        if num_groups is None:
+            raise TypeError("num_groups=None must be an integer (the layer has no group_size)")
+        try:
+            channels = operator.index(num_channels)
+        except TypeError:
+            raise TypeError(f"num_channels={num_channels!r} must be an integer") from None
+        if isinstance(num_channels, (bool, np.bool_)):
+            raise TypeError(f"num_channels={num_channels!r} must be an integer, not a bool")
+        if not 1 <= channels <= np.iinfo(np.intp).max:
+            raise ValueError(f"num_channels={channels} " + (
+                "must be at least 1" if channels < 1 else
+                f"is out of range: use 1 to {np.iinfo(np.intp).max}"))
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype={dtype!r} is not a NumPy dtype; use float32, float64, "
+                            "float16 or bfloat16") from None
+        if dtype.kind != "f" and dtype.name != "bfloat16":
+            raise TypeError(f"dtype={dtype.name} is not supported for weight and bias; use "
+                            "float32, float64, float16 or bfloat16")
         # Validate the rest now, with the same rules and messages as the functional API.
         probe = (0, num_channels, 1) if channel_axis == 1 else (0, 1, num_channels)
         _kernels.group_norm(np.zeros(probe), num_groups, eps=eps, channel_axis=channel_axis,
@@ -79,9 +101,20 @@ class GroupNorm:
 
     def forward(self, x):
         """y = group_norm(x, num_groups, weight, bias, eps, ...); keeps what backward needs."""
-        y, mean, rstd = _kernels.group_norm(x, self.num_groups, self.weight, self.bias,
-                                            self.eps, channel_axis=self.channel_axis,
-                                            activation=self.activation, return_stats=True)
+        try:
+            y, mean, rstd = _kernels.group_norm(x, self.num_groups, self.weight, self.bias,
+                                                self.eps, channel_axis=self.channel_axis,
+                                                activation=self.activation, return_stats=True)
+        except ValueError as error:
+            try:  # the error path only: name x's channel count, not the weight's shape
+                shape = np.shape(x)
+            except Exception:
+                raise error from None
+            if len(shape) >= 2 and shape[self.channel_axis] != self.num_channels:
+                raise ValueError(f"x has shape {shape}, with C={shape[self.channel_axis]} "
+                                 f"channels on axis {self.channel_axis}; this layer has "
+                                 f"num_channels={self.num_channels}") from error
+            raise
         self._saved = (x, mean, rstd)
         return y
 

@@ -614,10 +614,10 @@ def bad_forward_calls(draw):
                                  "activation", "num_threads", "threads_not_int", "ndim",
                                  "dtype", "residual"]))
     if what == "num_groups":
-        k = draw(st.integers(-2**62, 2**62).filter(lambda k: k <= 0 or channels % k))
+        k = draw(st.integers(-2**100, 2**100).filter(lambda k: k <= 0 or channels % k))
         return dict(kwargs, num_groups=k), ValueError, ("num_groups", k)
     if what == "group_size":
-        k = draw(st.integers(-2**62, 2**62).filter(lambda k: k <= 0 or channels % k))
+        k = draw(st.integers(-2**100, 2**100).filter(lambda k: k <= 0 or channels % k))
         return dict(kwargs, num_groups=None, group_size=k), ValueError, ("group_size", k)
     if what == "groups_not_int":
         k = draw(st.sampled_from([2.5, 3.0, "3", True, np.float32(3), [3]]))
@@ -646,13 +646,13 @@ def bad_forward_calls(draw):
     if what == "out_type":
         return dict(kwargs, out=x.tolist()), TypeError, ("out",)
     if what == "channel_axis":
-        axis = draw(st.integers(-2**62, 2**62).filter(lambda k: k not in (1, 2, -1, -2)))
+        axis = draw(st.integers(-2**100, 2**100).filter(lambda k: k not in (1, 2, -1, -2)))
         return dict(kwargs, channel_axis=axis), ValueError, ("channel_axis", axis)
     if what == "activation":
         name = draw(ACTIVATION_NAMES)
         return dict(kwargs, activation=name), ValueError, ("activation", repr(name))
     if what == "num_threads":
-        threads = draw(st.integers(-2**62, 0))
+        threads = draw(st.integers(-2**100, 0) | st.integers(2**63, 2**100))
         return dict(kwargs, num_threads=threads), ValueError, ("num_threads", threads)
     if what == "threads_not_int":
         threads = draw(st.sampled_from([1.5, 2.0, "2", True]))
@@ -686,7 +686,7 @@ def bad_backward_calls(draw):
         shape = draw(wrong_shapes((SMALL[1],)))
         return dict(kwargs, **{what: np.ones(shape, np.float32)}), ValueError, (what, shape)
     if what == "num_groups":
-        k = draw(st.integers(-2**62, 2**62).filter(lambda k: k <= 0 or SMALL[1] % k))
+        k = draw(st.integers(-2**100, 2**100).filter(lambda k: k <= 0 or SMALL[1] % k))
         return dict(kwargs, num_groups=k), ValueError, ("num_groups", k)
     name = draw(ACTIVATION_NAMES)
     return dict(kwargs, activation=name), ValueError, ("activation", repr(name))
@@ -706,14 +706,14 @@ def test_bad_backward_argument_is_named(call):
     raises_naming(exc_type, *tokens, func=gncpu.group_norm_backward, **kwargs)
 
 
-# Pools of valid and invalid argument values, combined at random. Integers stay within
-# int64 (test_known_bug_huge_integer_arguments) and no spatial size is 0
+# Pools of valid and invalid argument values, combined at random. Integers include some
+# beyond int64 (test_fixed_bug_huge_integer_arguments); no spatial size is 0
 # (test_fixed_bug_spatial_size_zero).
 POOL_SHAPES = [(2, 4, 3), (0, 4, 3), (2, 0, 3), (2, 4), (1, 6, 2, 2), (4,), (), (3, 1)]
 POOL_DTYPES = [np.float32, np.float64, np.float16, np.int32, np.bool_, np.complex64, object]
-POOL_INTS = [None, 1, 2, 3, 4, 0, -1, 2**62, 2.5, True, "2", np.int64(2)]
-POOL_EPS = [1e-5, 0.0, -1.0, np.nan, np.inf, "x", None, 1e300, np.float32(1e-3)]
-POOL_AXES = [1, -1, 0, 2, -2, 3, 1.0, "1", None]
+POOL_INTS = [None, 1, 2, 3, 4, 0, -1, 2**62, 2**64, -2**63 - 1, 2.5, True, "2", np.int64(2)]
+POOL_EPS = [1e-5, 0.0, -1.0, np.nan, np.inf, "x", None, 1e300, 10**400, np.float32(1e-3)]
+POOL_AXES = [1, -1, 0, 2, -2, 3, 2**64, 1.0, "1", None]
 POOL_ACTIVATIONS = [None, "relu", "silu", "gelu", 1]
 
 
@@ -798,16 +798,26 @@ def test_fixed_bug_byteswapped_bfloat16():
                                   np.asarray(gncpu.group_norm(x, 2), np.float32))
 
 
-@pytest.mark.parametrize("name", ["num_groups", "group_size", "channel_axis", "num_threads",
-                                  "eps"])
-@pytest.mark.xfail(strict=True, reason="integers beyond the C ssize_t (or double) range "
-                   "raise OverflowError, without naming the argument")
-def test_known_bug_huge_integer_arguments(name):
-    kwargs = {"num_groups": 2, name: 2**64 if name != "eps" else 10**400}
+@pytest.mark.parametrize("value", [2**63, 2**64, -2**63 - 1, -2**64])
+@pytest.mark.parametrize("name", ["num_groups", "group_size", "channel_axis", "num_threads"])
+def test_fixed_bug_huge_integer_arguments(name, value):
+    """Integers beyond int64 raised OverflowError without naming the argument."""
+    kwargs = {"num_groups": 2, name: value}
     if name == "group_size":
         kwargs["num_groups"] = None
-    raises_naming(ValueError, name, func=gncpu.group_norm, x=np.ones((2, 4, 3), np.float32),
-                  **kwargs)
+    valid = {"num_groups": "valid values for C=4: 1, 2, 4",
+             "group_size": "valid values for C=4: 1, 2, 4",
+             "channel_axis": "use 1 (channels first",
+             "num_threads": "at least 1" if value < 0 else f"use 1 to {2**63 - 1}"}[name]
+    raises_naming(ValueError, f"{name}={value}", valid, func=gncpu.group_norm,
+                  x=np.ones((2, 4, 3), np.float32), **kwargs)
+
+
+@pytest.mark.parametrize("eps, shown", [(10**400, "1.00e+400"), (-10**400, "-1.00e+400")])
+def test_fixed_bug_huge_integer_eps(eps, shown):
+    """An int eps beyond float64 raised OverflowError without naming eps."""
+    raises_naming(ValueError, f"eps={shown}", "finite and non-negative", func=gncpu.group_norm,
+                  x=np.ones((2, 4, 3), np.float32), num_groups=2, eps=eps)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
