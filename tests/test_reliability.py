@@ -12,11 +12,15 @@
 - Concurrency: 8 Python threads call forward and backward with mixed shapes, dtypes,
   layouts and thread counts for GNCPU_STRESS_SECONDS (default 10); every result is bitwise
   the serial one, and the main thread keeps waking up on time.
+- Bounds: arrays placed against inaccessible pages (AddressSanitizer does not see the
+  kernels' masked loads and stores) are read and written without a fault, bitwise alike.
 - Size: float16 tensors of more than 2^31 elements, one (sample, group) of more than 2^31
   elements, normalized and differentiated correctly. These need about 9 GB of memory and
   run only with GNCPU_SLOW=1.
 """
+import ctypes
 import gc
+import mmap
 import os
 import sys
 import threading
@@ -332,6 +336,75 @@ def test_threads_stress():
     assert not failures, failures[:3]
     assert worst < HEARTBEAT_BOUND, f"the main thread stalled for {worst:.2f} s"
     assert all(counts), f"a thread made no call: {counts}"
+
+
+# ---------------------------------------------------------------------------------------
+# Bounds. AddressSanitizer does not check AVX2's masked loads and stores (the kernels'
+# partial vectors), so here every array lies against an inaccessible page: a byte touched
+# just before or after it faults.
+
+GUARD_CASES = [((1, 2, 1), 1), ((2, 4, 7), 2), ((1, 6, 9), 3), ((1, 5, 17), 5),
+               ((1, 12, 3), 4), ((2, 10, 13, 3), 2)]
+NAMES = ("y", "mean", "rstd", "grad_x", "grad_weight", "grad_bias")
+
+
+def guarded(arrays, shape, dtype, at_end):
+    """A C-contiguous array starting just after an inaccessible page, or (at_end) ending
+    just before one; the mapping is kept in `arrays`."""
+    libc = ctypes.CDLL(None)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = mmap.PAGESIZE
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    inner = -(-nbytes // page) * page
+    region = mmap.mmap(-1, inner + 2 * page)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    for guard in (start, start + page + inner):
+        assert libc.mprotect(guard, page, 0) == 0  # PROT_NONE
+    offset = page + (inner - nbytes if at_end else 0)
+    arrays.append(region)
+    return np.frombuffer(region, dtype, int(np.prod(shape)), offset).reshape(shape)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect through ctypes")
+@pytest.mark.parametrize("at_end", [False, True], ids=["after_guard", "before_guard"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16] +
+                         ([ml_dtypes.bfloat16] if ml_dtypes else []),
+                         ids=lambda t: np.dtype(t).name)
+def test_no_access_outside_the_arrays(dtype, channels_last, at_end):
+    """Forward (residual, residual_out, out; then in place) and backward on small odd
+    shapes, where most vectors are partial: no fault, and the bits of ordinary arrays."""
+    rng = seeded_rng(f"guard{np.dtype(dtype).name}{channels_last}{at_end}")
+    maps = []
+    for shape, num_groups in GUARD_CASES:
+        if channels_last:
+            shape = (shape[0],) + shape[2:] + (shape[1],)
+        kwargs = {"channel_axis": -1 if channels_last else 1, "activation": "silu"}
+        weight, bias = random_affine(rng, shape[kwargs["channel_axis"]],
+                                     np.float64 if dtype == np.float64 else np.float32)
+        plain = {name: random_array(rng, shape, dtype) for name in ("x", "res", "grad")}
+        fenced = {name: guarded(maps, shape, dtype, at_end)
+                  for name in ("x", "res", "grad", "out", "sum")}
+        for name in plain:
+            fenced[name][...] = plain[name]
+        plain["sum"] = np.empty(shape, dtype)
+        want = gncpu.group_norm(plain["x"], num_groups, weight, bias, residual=plain["res"],
+                                residual_out=plain["sum"], return_stats=True, **kwargs)
+        got = gncpu.group_norm(fenced["x"], num_groups, weight, bias, residual=fenced["res"],
+                               residual_out=fenced["sum"], out=fenced["out"],
+                               return_stats=True, **kwargs)
+        for name, a, b in zip(NAMES[:3] + ("x + residual",), got + (fenced["sum"],),
+                              want + (plain["sum"],)):
+            assert_bitwise(a, b, f"{shape} {name}")
+        want = gncpu.group_norm_backward(plain["grad"], plain["sum"], got[1], got[2],
+                                         num_groups, weight, bias=bias, **kwargs)
+        got = gncpu.group_norm_backward(fenced["grad"], fenced["sum"], got[1], got[2],
+                                        num_groups, weight, bias=bias, **kwargs)
+        for name, a, b in zip(NAMES[3:], got, want):
+            assert_bitwise(a, b, f"{shape} {name}")
+        gncpu.group_norm(fenced["x"], num_groups, weight, bias, out=fenced["x"], **kwargs)
+        assert_bitwise(fenced["x"], gncpu.group_norm(plain["x"], num_groups, weight, bias,
+                                                     **kwargs), f"{shape} y in place")
 
 
 # ---------------------------------------------------------------------------------------
