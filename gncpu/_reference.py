@@ -6,7 +6,7 @@ They are slow and allocate freely; they define what the fast kernels must comput
 """
 import numpy as np
 
-__all__ = ["group_norm", "group_norm_backward"]
+__all__ = ["group_norm", "group_norm_backward", "activate", "activation_slope"]
 
 
 def _grouped(x, num_groups):
@@ -76,3 +76,26 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups, weight=None):
     grad_x = rstd * (dxhat_g - dxhat_g.mean(axis=2, keepdims=True)
                      - xhat_g * (dxhat_g * xhat_g).mean(axis=2, keepdims=True))
     return grad_x.reshape(x.shape), grad_weight, grad_bias
+
+
+def activate(pre, activation):
+    """act(pre) in float64 for the fused activations: None, "relu" (NaN stays NaN) or
+    "silu" = pre * sigmoid(pre)."""
+    if activation == "relu":
+        return np.maximum(pre, 0.0)
+    if activation == "silu":
+        with np.errstate(over="ignore"):
+            return pre / (1.0 + np.exp(-pre))
+    return pre
+
+
+def activation_slope(pre, activation):
+    """act'(pre) in float64; relu'(0) = relu'(NaN) = 0, as in torch;
+    silu' = s (1 + pre (1 - s)) with s = sigmoid(pre)."""
+    if activation == "relu":
+        return (pre > 0).astype(np.float64)
+    if activation == "silu":
+        with np.errstate(over="ignore"):
+            s = 1.0 / (1.0 + np.exp(-pre))
+        return s * (1.0 + pre * (1.0 - s))
+    return np.ones_like(pre)

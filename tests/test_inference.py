@@ -88,27 +88,6 @@ def arrange(x, channel_axis, layout="C"):
     return with_layout(x, layout)
 
 
-def activate(pre, activation):
-    """act(pre) in float64; relu keeps NaN."""
-    if activation == "relu":
-        return np.maximum(pre, 0.0)
-    if activation == "silu":
-        with np.errstate(over="ignore"):
-            return pre / (1.0 + np.exp(-pre))
-    return pre
-
-
-def activation_slope(pre, activation):
-    """act'(pre) in float64; relu'(0) = relu'(NaN) = 0, as in torch."""
-    if activation == "relu":
-        return (pre > 0).astype(np.float64)
-    if activation == "silu":
-        with np.errstate(over="ignore"):
-            s = 1.0 / (1.0 + np.exp(-pre))
-        return s * (1.0 + pre * (1.0 - s))
-    return np.ones_like(pre)
-
-
 def reference_forward(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1,
                       activation=None, residual=None):
     """The float64 reference composed with the options it lacks. Returns (y, mean, rstd)."""
@@ -117,7 +96,7 @@ def reference_forward(x, num_groups, weight=None, bias=None, eps=1e-5, *, channe
         x = x + np.asarray(residual).astype(x.dtype)  # rounded to x's dtype, as documented
     pre, mean, rstd = ref.group_norm(np.moveaxis(x, channel_axis, 1), num_groups, weight,
                                      bias, eps)
-    return np.moveaxis(activate(pre, activation), 1, channel_axis), mean, rstd
+    return np.moveaxis(ref.activate(pre, activation), 1, channel_axis), mean, rstd
 
 
 def reference_backward(grad_out, x, num_groups, weight=None, bias=None, eps=1e-5, *,
@@ -128,7 +107,7 @@ def reference_backward(grad_out, x, num_groups, weight=None, bias=None, eps=1e-5
     x = np.moveaxis(np.asarray(x, np.float64), channel_axis, 1)
     grad_out = np.moveaxis(np.asarray(grad_out, np.float64), channel_axis, 1)
     pre, mean, rstd = ref.group_norm(x, num_groups, weight, bias, eps)
-    slope = activation_slope(pre, activation)
+    slope = ref.activation_slope(pre, activation)
     if positive is not None:
         tie = np.abs(pre) < RELU_TIE
         slope[tie] = np.moveaxis(np.asarray(positive), channel_axis, 1)[tie]

@@ -323,23 +323,6 @@ def per_channel(v, shape, default):
     return np.broadcast_to(v.reshape((1, -1) + (1,) * (len(shape) - 2)), shape)
 
 
-def activate(t, activation):
-    if activation == "relu":
-        return np.where(t < 0, 0.0, t)  # NaN stays NaN
-    if activation == "silu":
-        return t / (1 + np.exp(-t))
-    return t
-
-
-def activation_slope(t, activation):
-    if activation == "relu":
-        return (t > 0).astype(np.float64)
-    if activation == "silu":
-        s = 1 / (1 + np.exp(-t))
-        return s * (1 + t * (1 - s))
-    return np.ones_like(t)
-
-
 def accurate_groups(x64, num_groups, eps, dtype):
     """(finite, accurate) masks of shape (N, G), and each group's largest deviation
     max|x - mean|, in float64.
@@ -422,7 +405,7 @@ def check_forward(case, arr, y, mean, rstd):
     weight, bias = arr.weight, arr.bias
     with np.errstate(all="ignore"):
         y_ref, mean_ref, rstd_ref = ref.group_norm(x64, num_groups, weight, bias, case.eps)
-        y_ref = activate(y_ref, case.activation)
+        y_ref = ref.activate(y_ref, case.activation)
     finite, accurate, largest = accurate_groups(x64, num_groups, case.eps, dtype)
     y64 = grouped(y.astype(np.float64), num_groups)
     dirty = ~finite
@@ -475,7 +458,7 @@ def check_backward(case, arr, mean, rstd, grads, accurate):
     with np.errstate(all="ignore"):
         xhat = ((grouped(x64, num_groups) - m) * r).reshape(shape)
         t = xhat * w + b
-        g = dy * activation_slope(t, case.activation)
+        g = dy * ref.activation_slope(t, case.activation)
         grads_ref = ref.group_norm_backward(g, x64, mean, rstd, num_groups, arr.weight)
         keep = accurate & np.isfinite(grouped(dy, num_groups)).all(axis=2)
         if case.activation == "relu":

@@ -24,14 +24,7 @@ scratch_copy sanitize "${GNCPU_SANITIZE_KEEP:-0}"
 flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
 cc="${CC:-gcc}"
 echo "sanitize: building with $cc $flags (log: $work/build.log)"
-if ! CC="$cc $flags" GNCPU_FAIL_NO_OPENMP=1 \
-        python -m pip install -v --no-deps --no-compile --target "$work/site" "$work/src" \
-        > "$work/build.log" 2>&1; then
-    tail -n 40 "$work/build.log"
-    trap - EXIT
-    echo "sanitize: the build failed (log: $work/build.log)" >&2
-    exit 1
-fi
+scratch_build sanitize "$cc $flags"
 compiles="$(grep -cE -- ' -c [^ ]*_kernels_[a-z0-9_]+\.c ' "$work/build.log" || true)"
 sanitized="$(grep -E -- ' -c [^ ]*_kernels_[a-z0-9_]+\.c ' "$work/build.log" \
     | grep -c -- '-fsanitize=address,undefined' || true)"

@@ -19,14 +19,7 @@ command -v valgrind > /dev/null || { echo "valgrind: not installed" >&2; exit 1;
 scratch_copy valgrind "${GNCPU_VALGRIND_KEEP:-0}"
 
 echo "valgrind: building with debug info (log: $work/build.log)"
-if ! CC="${CC:-gcc} -g" GNCPU_FAIL_NO_OPENMP=1 \
-        python -m pip install -v --no-deps --no-compile --target "$work/site" "$work/src" \
-        > "$work/build.log" 2>&1; then
-    tail -n 40 "$work/build.log"
-    trap - EXIT
-    echo "valgrind: the build failed (log: $work/build.log)" >&2
-    exit 1
-fi
+scratch_build valgrind "${CC:-gcc} -g"
 
 # Passive OpenMP waits: memcheck runs one thread at a time, and a spinning one wastes it.
 export PYTHONPATH="$work/site" PYTHONMALLOC=malloc PYTHONDONTWRITEBYTECODE=1
