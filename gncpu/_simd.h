@@ -763,6 +763,17 @@ static void gn_pair_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t Cg, ptr
     for (k = 0; k < Cg; k++) {                                                            \
         const VT va = gn_splat_##SUF(gn_scale_##SUF(w, k, r));                            \
         const VT vb = gn_splat_##SUF(bias == NULL ? (CT)0 : bias[k]);                     \
+        if (S <= chunk) {      /* one chunk: its sums are the channel's, bit for bit */   \
+            if (act == GN_ACT_NONE)                                                       \
+                gn_grad_sums_loop_##SUF(dy + k * dys, x + k * xs, S, vm, va, vb,          \
+                                        GN_ACT_NONE, part);                               \
+            else                                                                          \
+                gn_grad_sums_loop_##SUF(dy + k * dys, x + k * xs, S, vm, va, vb, act,     \
+                                        part);                                            \
+            db[k] = part[0];                                                              \
+            ds[k] = part[1];                                                              \
+            continue;                                                                     \
+        }                                                                                 \
         sa = 0;                                                                           \
         sb = 0;                                                                           \
         for (j = 0; j < S; ) {                                                            \
