@@ -59,7 +59,7 @@ class BuildExt(build_ext):
                 sys.exit(message + " and GNCPU_FAIL_NO_OPENMP=1 makes this an error")
             print("WARNING: " + message, file=sys.stderr)
             cflags, ldflags = [], []
-        base = ["/O2", "/fp:precise"] if msvc else ["-O3", "-ffp-contract=off", "-Wno-psabi"]
+        base = ["/O2", "/fp:precise"] if msvc else ["-O3", "-ffp-contract=off", "-falign-loops=64", "-Wno-psabi"]
         if os.environ.get("GNCPU_NATIVE") == "1" and not msvc:
             base.append("-march=native")
         for ext in self.extensions:

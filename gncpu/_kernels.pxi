@@ -58,6 +58,18 @@ cdef extern from "_simd.h" nogil:
                        int act)
     void gn_affine_bf16(const uint16_t* x, uint16_t* y, Py_ssize_t n, float m, float a, float b,
                         int act)
+    void gn_pair_affine_f32(const float* x, float* y, Py_ssize_t Cg, Py_ssize_t S, Py_ssize_t xs,
+                            Py_ssize_t ys, float m, double r, const float* w, const float* bias,
+                            int act)
+    void gn_pair_affine_f64(const double* x, double* y, Py_ssize_t Cg, Py_ssize_t S,
+                            Py_ssize_t xs, Py_ssize_t ys, double m, double r, const double* w,
+                            const double* bias, int act)
+    void gn_pair_affine_f16(const uint16_t* x, uint16_t* y, Py_ssize_t Cg, Py_ssize_t S,
+                            Py_ssize_t xs, Py_ssize_t ys, float m, double r, const float* w,
+                            const float* bias, int act)
+    void gn_pair_affine_bf16(const uint16_t* x, uint16_t* y, Py_ssize_t Cg, Py_ssize_t S,
+                             Py_ssize_t xs, Py_ssize_t ys, float m, double r, const float* w,
+                             const float* bias, int act)
     void gn_grad_sums_f32(const float* dy, const float* x, Py_ssize_t n, float m, float a,
                           float b, int act, double* out)
     void gn_grad_sums_f64(const double* dy, const double* x, Py_ssize_t n, double m, double a,
@@ -326,6 +338,21 @@ cdef inline void affine(const char* x, char* y, Py_ssize_t n, const Layout* L, r
         gn_affine_bf16(<const uint16_t*>x, <uint16_t*>y, n, m, a, b, L.act)
 
 
+cdef inline void pair_affine(const char* x, char* y, Py_ssize_t xs, const Layout* L, real m,
+                             double r, const real* w, const real* b) noexcept nogil:
+    """gn_pair_affine over the Cg channels starting at x (channel stride xs) and y."""
+    if real is double:
+        gn_pair_affine_f64(<const double*>x, <double*>y, L.Cg, L.S, xs, L.ys, m, r, w, b, L.act)
+    elif L.st == ST_F32:
+        gn_pair_affine_f32(<const float*>x, <float*>y, L.Cg, L.S, xs, L.ys, m, r, w, b, L.act)
+    elif L.st == ST_F16:
+        gn_pair_affine_f16(<const uint16_t*>x, <uint16_t*>y, L.Cg, L.S, xs, L.ys, m, r, w, b,
+                           L.act)
+    else:
+        gn_pair_affine_bf16(<const uint16_t*>x, <uint16_t*>y, L.Cg, L.S, xs, L.ys, m, r, w, b,
+                            L.act)
+
+
 cdef inline void grad_sums(const char* dy, const char* x, Py_ssize_t n, const Layout* L,
                            real m, real a, real b, double* out) noexcept nogil:
     """out = [sum(g), sum(g * (x - m))], g = dy * act'((x - m) * a + b)."""
@@ -522,18 +549,22 @@ cdef void forward_pair(const char* x, const char* res, char* s, char* y, const L
                        real* mean, real* rstd) noexcept nogil:
     """Pair p: its statistics (its spans' moments merged in order), then its outputs while
     its data is still in cache."""
-    cdef Py_ssize_t t, r
+    cdef Py_ssize_t t, i = p // L.G, c0 = (p % L.G) * L.Cg
+    cdef Py_ssize_t xsN = L.xsN, xs = L.xs
     cdef Moments total, part
     total.n = 0; total.mean = 0; total.m2 = 0
     for t in range(span_count(L.rows * L.row_chunks)):
         pair_span_moments(x, res, s, L, p, t, &part)
         merge_moments(&total, &part)
     finish_stats(&total, eps, p, mean, rstd)
-    for r in range(L.rows):
-        if res == NULL:
-            normalize_span(x, L.xsN, L.xs, y, L, p, r, 0, L.row_len, mean, rstd, weight, bias)
-        else:
-            normalize_span(s, L.ssN, L.ss, y, L, p, r, 0, L.row_len, mean, rstd, weight, bias)
+    if L.S > 0:
+        if res != NULL:
+            x = s
+            xsN = L.ssN
+            xs = L.ss
+        pair_affine(at(x, i * xsN + c0 * xs, L), at(y, i * L.ysN + c0 * L.ys, L), xs, L, mean[p],
+                    <double>rstd[p], NULL if weight == NULL else weight + c0,
+                    NULL if bias == NULL else bias + c0)
 
 
 cdef void forward_nchw(const char* x, const char* res, char* s, char* y, const Layout* L,

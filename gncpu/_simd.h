@@ -810,6 +810,18 @@ static void gn_pair_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t Cg
                         act, stream);                                                     \
 }                                                                                         \
                                                                                           \
+/* gn_affine over Cg channels of S elements, channel k at x + k * xs and y + k * ys, with  \
+ * a_k and b_k as in gn_pair_grad_sums. */                                               \
+static void gn_pair_affine_##SUF(const ST *x, ST *y, ptrdiff_t Cg, ptrdiff_t S,            \
+                                 ptrdiff_t xs, ptrdiff_t ys, CT m, double r, const CT *w, \
+                                 const CT *bias, int act)                                 \
+{                                                                                         \
+    ptrdiff_t k;                                                                          \
+    for (k = 0; k < Cg; k++)                                                              \
+        gn_affine_##SUF(x + k * xs, y + k * ys, S, m, gn_scale_##SUF(w, k, r),            \
+                        bias == NULL ? (CT)0 : bias[k], act);                             \
+}                                                                                         \
+                                                                                          \
 /* Channels-last. x is (rows, C) with row stride `stride` (elements) and unit channel     \
  * stride. Per channel c, one pass around K_c, the mean of the first GN_PILOT_ROWS rows   \
  * (same bound as gn_chunk_moments, with GN_PILOT_ROWS): mean[c], m2[c]. Channels go in   \
