@@ -163,6 +163,16 @@ static inline void gn_vstore_f16(uint16_t *p, gn_vf32 v)
 #endif
 }
 
+/* f[0:n] = h[0:n], half to float (weight and bias of a float16 call). */
+static inline void gn_halves_to_floats(const uint16_t *h, float *f, ptrdiff_t n)
+{
+    ptrdiff_t i;
+    for (i = 0; i + 8 <= n; i += 8)
+        gn_vstore_f32(f + i, gn_vload_f16(h + i));
+    for (; i < n; i++)
+        f[i] = gn_half_to_float(h[i]);
+}
+
 /* Non-temporal stores of an aligned vector: for outputs too large to stay in cache, they
  * skip reading each line before it is written. Plain stores where AVX is not built in. */
 #if defined(__AVX__)
