@@ -87,11 +87,14 @@ def test_array_likes(rng):
 @pytest.mark.parametrize("x_dtype, affine_dtype", [(np.float32, np.float64),
                                                    (np.float32, np.float16),
                                                    (np.float64, np.float32),
-                                                   (np.float64, np.float16)])
-def test_weight_and_bias_of_another_float_dtype(rng, x_dtype, affine_dtype):
-    x = random_array(rng, (2, 6, 33), x_dtype)
-    weight, bias = random_affine(rng, 6, affine_dtype)
-    y, _, _ = check_forward(x, 3, weight, bias)
+                                                   (np.float64, np.float16),
+                                                   (np.float16, np.float16),
+                                                   (np.float16, np.float64)])
+@pytest.mark.parametrize("channels", [6, 18])  # 18: whole vectors and a tail
+def test_weight_and_bias_of_another_float_dtype(rng, x_dtype, affine_dtype, channels):
+    x = random_array(rng, (2, channels, 33), x_dtype)
+    weight, bias = random_affine(rng, 2 * channels, affine_dtype)
+    y, _, _ = check_forward(x, 3, weight[::2], bias[channels:])  # strided and contiguous
     assert y.dtype == x_dtype
 
 
