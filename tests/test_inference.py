@@ -661,8 +661,13 @@ def test_sample_alone_equals_its_slice_of_the_batch(rng, path, case, num_threads
                 assert_bitwise(alone[name], batch[name][one], f"{name} of sample {i}")
 
 
-@pytest.mark.parametrize("case", [((1, 32, 96, 96), 8), ((16, 32, 24, 24), 4)],
-                         ids=["1x32x96x96-G8", "16x32x24x24-G4"])
+# Channels-last, a lone sample with C > 32 is split into channel ranges (RANGE_ALIGN), and
+# with few 64-row chunks its outputs too: 2100 channels (a short last range, groups across
+# ranges) of 100 rows (2 chunks); 96 channels of 1600 rows (25 chunks: cut at 8 threads).
+@pytest.mark.parametrize("case", [((1, 32, 96, 96), 8), ((16, 32, 24, 24), 4),
+                                  ((1, 2100, 10, 10), 7), ((1, 96, 40, 40), 8)],
+                         ids=["1x32x96x96-G8", "16x32x24x24-G4", "1x2100x10x10-G7",
+                              "1x96x40x40-G8"])
 @pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
 def test_thread_count_does_not_change_results(rng, path, case):
     shape, num_groups = case
