@@ -663,18 +663,20 @@ def test_sample_alone_equals_its_slice_of_the_batch(rng, path, case, num_threads
 
 # Channels-last, a lone sample with C > 32 is split into channel ranges (RANGE_ALIGN), and
 # with few 64-row chunks its outputs too: 2100 channels (a short last range, groups across
-# ranges) of 100 rows (2 chunks); 96 channels of 1600 rows (25 chunks: cut at 8 threads).
+# ranges) of 100 rows (2 chunks); 96 channels of 1600 rows (25 chunks: cut at 8 threads);
+# 160 channels (5 blocks of 32) of 820 rows: at 4 threads the last range is empty.
 @pytest.mark.parametrize("case", [((1, 32, 96, 96), 8), ((16, 32, 24, 24), 4),
-                                  ((1, 2100, 10, 10), 7), ((1, 96, 40, 40), 8)],
+                                  ((1, 2100, 10, 10), 7), ((1, 96, 40, 40), 8),
+                                  ((1, 160, 820), 8)],
                          ids=["1x32x96x96-G8", "16x32x24x24-G4", "1x2100x10x10-G7",
-                              "1x96x40x40-G8"])
+                              "1x96x40x40-G8", "1x160x820-G8"])
 @pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
 def test_thread_count_does_not_change_results(rng, path, case):
     shape, num_groups = case
     x, grad_out, weight, bias, residual, options = path_inputs(rng, shape, path)
     serial = run_all(x, grad_out, num_groups, weight, bias, residual, num_threads=1,
                      **options)
-    for threads in (2, 3, 8):
+    for threads in (2, 3, 4, 8):
         parallel = run_all(x, grad_out, num_groups, weight, bias, residual,
                            num_threads=threads, **options)
         for name in serial:
