@@ -446,6 +446,44 @@ static inline void gn_prefetch_next(const void *p, size_t bytes)
         __builtin_prefetch((const char *)p + o);
 }
 
+/* out[k] = the lanes of v[k] totalled as gn_lanes_total does for 8 float lanes (lane j
+ * plus lane j + 4, then j + 2, then j + 1, then in float64 plus 0), for k = 0..7 at once:
+ * the same additions, each pair of them in one instruction (backward sums of channels
+ * of 49-64 elements 1.1x faster on AMD Zen 5). v points to 8 vectors of 8 floats. */
+#if defined(__AVX__)
+#define GN_TOTALS8 1
+static inline void gn_lanes_totals8(const void *v, double *out)
+{
+    const __m256 *u = (const __m256 *)v;
+    __m256 p[4], x0123, x4567, t;
+    __m256d lo, hi;
+    double l[4], h[4];
+    int k;
+    for (k = 0; k < 4; k++)       /* [u2k.lo + u2k.hi | u2k+1.lo + u2k+1.hi] */
+        p[k] = _mm256_add_ps(_mm256_permute2f128_ps(u[2 * k], u[2 * k + 1], 0x20),
+                             _mm256_permute2f128_ps(u[2 * k], u[2 * k + 1], 0x31));
+    /* per 128-bit half: [e0 + e2, e1 + e3] of two channels */
+    x0123 = _mm256_add_ps(_mm256_shuffle_ps(p[0], p[1], 0x44),
+                          _mm256_shuffle_ps(p[0], p[1], 0xEE));
+    x4567 = _mm256_add_ps(_mm256_shuffle_ps(p[2], p[3], 0x44),
+                          _mm256_shuffle_ps(p[2], p[3], 0xEE));
+    /* channels 0, 2, 4, 6 in the low half, 1, 3, 5, 7 in the high half */
+    t = _mm256_add_ps(_mm256_shuffle_ps(x0123, x4567, 0x88),
+                      _mm256_shuffle_ps(x0123, x4567, 0xDD));
+    lo = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(t)), _mm256_setzero_pd());
+    hi = _mm256_add_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(t, 1)), _mm256_setzero_pd());
+    _mm256_storeu_pd(l, lo);
+    _mm256_storeu_pd(h, hi);
+    for (k = 0; k < 4; k++) {
+        out[2 * k] = l[k];
+        out[2 * k + 1] = h[k];
+    }
+}
+#else
+#define GN_TOTALS8 0
+static inline void gn_lanes_totals8(const void *v, double *out) { (void)v; (void)out; }
+#endif
+
 /* ---- the loops, once per storage type ----------------------------------------------- */
 
 #define GN_DEFINE_KERNELS(ST, CT, SUF, VT, W, VFMA, SELECT, VEXP)                            \
@@ -508,19 +546,25 @@ static inline ptrdiff_t gn_head_##SUF(const ST *p, ptrdiff_t n)                 
     return k < n ? k : n;                                                                 \
 }                                                                                         \
                                                                                           \
-/* (a0 + a1) + (a2 + a3), its W lanes pairwise, then in float64 plus tail. */             \
-static inline double gn_total_##SUF(VT a0, VT a1, VT a2, VT a3, double tail)              \
+/* The W lanes of a pairwise (lane j plus lane j + W/2, and so on down to one), then in   \
+ * float64 plus tail. */                                                                  \
+static inline double gn_lanes_total_##SUF(VT a, double tail)                              \
 {                                                                                         \
     CT v[W];                                                                              \
     int j, width = W;                                                                     \
-    a0 = (a0 + a1) + (a2 + a3);                                                           \
-    memcpy(v, &a0, sizeof a0);                                                            \
+    memcpy(v, &a, sizeof a);                                                              \
     while (width > 1) {                                                                   \
         width /= 2;                                                                       \
         for (j = 0; j < width; j++)                                                       \
             v[j] += v[j + width];                                                         \
     }                                                                                     \
     return (double)v[0] + tail;                                                           \
+}                                                                                         \
+                                                                                          \
+/* (a0 + a1) + (a2 + a3), then its lanes as gn_lanes_total. */                            \
+static inline double gn_total_##SUF(VT a0, VT a1, VT a2, VT a3, double tail)              \
+{                                                                                         \
+    return gn_lanes_total_##SUF((a0 + a1) + (a2 + a3), tail);                             \
 }                                                                                         \
                                                                                           \
 /* act(p): relu max(p, 0) (NaN stays NaN); silu p * sigmoid(p) = p / (1 + exp(-p)). */   \
@@ -648,12 +692,14 @@ static inline VT gn_pre_grad_##SUF(VT dy, VT xc, VT va, VT vb, int act)         
     return act == GN_ACT_NONE ? dy : gn_act_grad_##SUF(dy, VFMA(xc, va, vb), act);        \
 }                                                                                         \
                                                                                           \
-/* out = [sum(g), sum(g * (x - m))] over n contiguous elements. The last n % W elements  \
+/* sums = [sum(g), sum(g * (x - m))] over n contiguous elements, each as the vector        \
+ * (a0 + a1) + (a2 + a3) of its accumulators (gn_lanes_total finishes it). The last n % W  \
+ * elements
  * (when n >= W) come from the vector ending at n, its lanes already summed selected out:  \
  * no copying through the stack. Inlined into one copy per activation below, so the      \
  * copy without one keeps its 8 accumulators in registers. */                             \
 static inline __attribute__((always_inline)) void gn_grad_sums_loop_##SUF(                \
-    const ST *dy, const ST *x, ptrdiff_t n, VT vm, VT va, VT vb, int act, double *out)    \
+    const ST *dy, const ST *x, ptrdiff_t n, VT vm, VT va, VT vb, int act, VT *sums)       \
 {                                                                                         \
     VT a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                            \
     VT b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                                            \
@@ -697,18 +743,21 @@ static inline __attribute__((always_inline)) void gn_grad_sums_loop_##SUF(      
         g = gn_pre_grad_##SUF(gn_vload_part_##SUF(dy + i, n - i), xc, va, vb, act);       \
         a1 += g; b1 = VFMA(g, xc, b1);                                                    \
     }                                                                                     \
-    out[0] = gn_total_##SUF(a0, a1, a2, a3, 0);                                           \
-    out[1] = gn_total_##SUF(b0, b1, b2, b3, 0);                                           \
+    sums[0] = (a0 + a1) + (a2 + a3);                                                      \
+    sums[1] = (b0 + b1) + (b2 + b3);                                                      \
 }                                                                                         \
                                                                                           \
 static inline void gn_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t n, CT m, CT a,  \
                                       CT b, int act, double *out)                         \
 {                                                                                         \
     const VT vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b);      \
+    VT sums[2];                                                                           \
     if (act == GN_ACT_NONE)                                                               \
-        gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, GN_ACT_NONE, out);                  \
+        gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, GN_ACT_NONE, sums);                 \
     else                                                                                  \
-        gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, act, out);                          \
+        gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, act, sums);                         \
+    out[0] = gn_lanes_total_##SUF(sums[0], 0);                                            \
+    out[1] = gn_lanes_total_##SUF(sums[1], 0);                                            \
 }                                                                                         \
                                                                                           \
 /* dx = a * g + (c1 * (x - m) + c0), g as in gn_grad_sums (with the same a and b). */     \
@@ -774,28 +823,49 @@ static inline CT gn_scale_##SUF(const CT *w, ptrdiff_t k, double r)             
     return (CT)((w == NULL ? 1.0 : (double)w[k]) * r);                                    \
 }                                                                                         \
                                                                                           \
+static inline __attribute__((always_inline)) void gn_channel_sums_##SUF(                  \
+    const ST *dy, const ST *x, ptrdiff_t n, VT vm, const CT *w, const CT *bias,           \
+    ptrdiff_t k, double r, int act, VT *sums)                                             \
+{                                                                                         \
+    const VT va = gn_splat_##SUF(gn_scale_##SUF(w, k, r));                                \
+    const VT vb = gn_splat_##SUF(bias == NULL ? (CT)0 : bias[k]);                         \
+    if (act == GN_ACT_NONE)                                                               \
+        gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, GN_ACT_NONE, sums);                 \
+    else                                                                                  \
+        gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, act, sums);                         \
+}                                                                                         \
+                                                                                          \
 static void gn_pair_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t Cg, ptrdiff_t S, \
                                     ptrdiff_t dys, ptrdiff_t xs, ptrdiff_t chunk,         \
                                     ptrdiff_t span, CT m, double r, const CT *w,          \
                                     const CT *bias, int act, double *db, double *ds)      \
 {                                                                                         \
     const VT vm = gn_splat_##SUF(m);                                                      \
-    double part[2], sa, sb, ta, tb;                                                       \
-    ptrdiff_t k, j, end;                                                                  \
-    for (k = 0; k < Cg; k++) {                                                            \
-        const VT va = gn_splat_##SUF(gn_scale_##SUF(w, k, r));                            \
-        const VT vb = gn_splat_##SUF(bias == NULL ? (CT)0 : bias[k]);                     \
-        if (S <= chunk) {      /* one chunk: its sums are the channel's, bit for bit */   \
-            if (act == GN_ACT_NONE)                                                       \
-                gn_grad_sums_loop_##SUF(dy + k * dys, x + k * xs, S, vm, va, vb,          \
-                                        GN_ACT_NONE, part);                               \
-            else                                                                          \
-                gn_grad_sums_loop_##SUF(dy + k * dys, x + k * xs, S, vm, va, vb, act,     \
-                                        part);                                            \
-            db[k] = part[0];                                                              \
-            ds[k] = part[1];                                                              \
-            continue;                                                                     \
+    VT sums[2];                                                                           \
+    double sa, sb, ta, tb;                                                                \
+    ptrdiff_t k = 0, j, end;                                                              \
+    if (S <= chunk) {          /* one chunk: its sums are the channel's, bit for bit */   \
+        if (GN_TOTALS8 && W == 8 && sizeof(CT) == 4)                                      \
+            for (; k + 8 <= Cg; k += 8) {                                                 \
+                VT a[8], b[8];                                                            \
+                for (j = 0; j < 8; j++) {                                                 \
+                    gn_channel_sums_##SUF(dy + (k + j) * dys, x + (k + j) * xs, S, vm, w, \
+                                          bias, k + j, r, act, sums);                     \
+                    a[j] = sums[0];                                                       \
+                    b[j] = sums[1];                                                       \
+                }                                                                         \
+                gn_lanes_totals8((const void *)a, db + k);                                \
+                gn_lanes_totals8((const void *)b, ds + k);                                \
+            }                                                                             \
+        for (; k < Cg; k++) {                                                             \
+            gn_channel_sums_##SUF(dy + k * dys, x + k * xs, S, vm, w, bias, k, r, act,    \
+                                  sums);                                                  \
+            db[k] = gn_lanes_total_##SUF(sums[0], 0);                                     \
+            ds[k] = gn_lanes_total_##SUF(sums[1], 0);                                     \
         }                                                                                 \
+        return;                                                                           \
+    }                                                                                     \
+    for (k = 0; k < Cg; k++) {                                                            \
         sa = 0;                                                                           \
         sb = 0;                                                                           \
         for (j = 0; j < S; ) {                                                            \
@@ -803,14 +873,11 @@ static void gn_pair_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t Cg, ptr
             tb = 0;                                                                       \
             end = S - j < span ? S : j + span;                                            \
             for (; j < end; j += chunk) {                                                 \
-                if (act == GN_ACT_NONE)                                                   \
-                    gn_grad_sums_loop_##SUF(dy + k * dys + j, x + k * xs + j,             \
-                        end - j < chunk ? end - j : chunk, vm, va, vb, GN_ACT_NONE, part);\
-                else                                                                      \
-                    gn_grad_sums_loop_##SUF(dy + k * dys + j, x + k * xs + j,             \
-                        end - j < chunk ? end - j : chunk, vm, va, vb, act, part);        \
-                ta = ta + part[0];                                                        \
-                tb = tb + part[1];                                                        \
+                gn_channel_sums_##SUF(dy + k * dys + j, x + k * xs + j,                   \
+                                      end - j < chunk ? end - j : chunk, vm, w, bias, k,  \
+                                      r, act, sums);                                      \
+                ta = ta + gn_lanes_total_##SUF(sums[0], 0);                               \
+                tb = tb + gn_lanes_total_##SUF(sums[1], 0);                               \
             }                                                                             \
             sa = sa + ta;                                                                 \
             sb = sb + tb;                                                                 \

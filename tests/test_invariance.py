@@ -74,6 +74,7 @@ THREAD_CASES = [((1, 8, 256, 256), 1),  # one pair: the work is split inside the
                 ((1, 3, 100003), 1),  # an odd length: uneven splits
                 ((1, 2, 300007), 1),  # channels of 147 chunks: spans of 3, the last short
                 ((16, 64, 9, 9), 32),  # many small pairs
+                ((1, 256, 30, 30), 4),  # channels of one chunk, 64 per pair (8 at a time)
                 ((3, 12, 2053), 3)]
 THREAD_IDS = ["x".join(map(str, s)) + f"-G{g}" for s, g in THREAD_CASES]
 THREAD_COUNTS = (2, 3, 4, 7)
