@@ -702,12 +702,12 @@ cdef void channel_coefficients(const Layout* L, Py_ssize_t i, const real* mean,
             b[c] = 0 if bias == NULL else bias[c]
 
 
-cdef inline Py_ssize_t channel_range(const Layout* L, Py_ssize_t ranges, Py_ssize_t k,
-                                     Py_ssize_t* c1) noexcept nogil:
-    """Channels [c0, c1) of range k of `ranges`: whole blocks of RANGE_ALIGN channels."""
+cdef inline Py_ssize_t range_start(const Layout* L, Py_ssize_t ranges,
+                                   Py_ssize_t k) noexcept nogil:
+    """First channel of range k of `ranges` (C for k = ranges): ranges are whole blocks of
+    RANGE_ALIGN channels, so range k is [range_start(k), range_start(k + 1))."""
     cdef Py_ssize_t blocks = (L.C + RANGE_ALIGN - 1) // RANGE_ALIGN
     cdef Py_ssize_t per = (blocks + ranges - 1) // ranges * RANGE_ALIGN
-    c1[0] = min(L.C, (k + 1) * per)
     return min(L.C, k * per)
 
 
@@ -758,7 +758,8 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
         return
     for j in prange(L.N * ranges, schedule='static', num_threads=threads):
         i = j // ranges
-        c0 = channel_range(L, ranges, j % ranges, &c1)
+        c0 = range_start(L, ranges, j % ranges)
+        c1 = range_start(L, ranges, j % ranges + 1)
         channel_moments_nhwc(x, res, s, L, i, c0, c1, scratch + i * 4 * L.C,
                              scratch + i * 4 * L.C + 2 * L.C)
     for i in range(L.N):
@@ -768,7 +769,8 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
     for j in prange(items, schedule='static', num_threads=threads):
         i = j // (L.row_chunks * cuts)
         r0 = (j // cuts % L.row_chunks) * ROW_CHUNK
-        c0 = channel_range(L, cuts, j % cuts, &c1)
+        c0 = range_start(L, cuts, j % cuts)
+        c1 = range_start(L, cuts, j % cuts + 1)
         cf = coef + i * 3 * L.C + c0
         if res == NULL:
             rows_affine(at(x, i * L.xsN + r0 * L.xs + c0, L), at(y, i * L.ysN + r0 * L.ys + c0, L),
@@ -973,7 +975,8 @@ cdef void backward_nhwc(const char* dy, const char* x, char* dx, const Layout* L
                              coef + i * 5 * L.C + L.C, coef + i * 5 * L.C + 2 * L.C)
     for j in prange(L.N * ranges, schedule='static', num_threads=threads):
         i = j // ranges
-        c0 = channel_range(L, ranges, j % ranges, &c1)
+        c0 = range_start(L, ranges, j % ranges)
+        c1 = range_start(L, ranges, j % ranges + 1)
         channel_sums_nhwc(dy, x, L, i, c0, c1, coef + i * 5 * L.C, chunk + i * 2 * L.C, db, ds)
     for i in range(L.N):
         for g in range(L.G):
@@ -982,7 +985,8 @@ cdef void backward_nhwc(const char* dy, const char* x, char* dx, const Layout* L
     for j in prange(items, schedule='static', num_threads=threads):
         i = j // (L.row_chunks * cuts)
         r0 = (j // cuts % L.row_chunks) * ROW_CHUNK
-        c0 = channel_range(L, cuts, j % cuts, &c1)
+        c0 = range_start(L, cuts, j % cuts)
+        c1 = range_start(L, cuts, j % cuts + 1)
         cf = coef + i * 5 * L.C + c0
         rows_grad_x(at(dy, i * L.dsN + r0 * L.ds + c0, L), at(x, i * L.xsN + r0 * L.xs + c0, L),
                     at(dx, i * L.ysN + r0 * L.ys + c0, L), min(ROW_CHUNK, L.S - r0), c1 - c0, L,
@@ -1716,20 +1720,22 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
     cdef char* pb = ptr(b)
     cdef char* pgw = ptr(gw)
     cdef char* pgb = ptr(gb)
+    if S == 0:  # empty groups: the sums are 0 and grad_x has no element to write
+        buf[:2 * N * C] = 0
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
-            if not last:
+            if S > 0 and not last:
                 backward_nchw(pdy, px, pdx, &L, <float*>pm, <float*>pr, <float*>pw, <float*>pb,
                               db, ds, terms, parts if split else NULL, threads)
-            else:
+            elif S > 0:
                 backward_nhwc(pdy, px, pdx, &L, <float*>pm, <float*>pr, <float*>pw, <float*>pb,
                               db, ds, terms, parts, <float*>coef, split, threads)
             param_grads(&L, <float*>pr, db, ds, <float*>pgw, <float*>pgb)
         else:
-            if not last:
+            if S > 0 and not last:
                 backward_nchw(pdy, px, pdx, &L, <double*>pm, <double*>pr, <double*>pw,
                               <double*>pb, db, ds, terms, parts if split else NULL, threads)
-            else:
+            elif S > 0:
                 backward_nhwc(pdy, px, pdx, &L, <double*>pm, <double*>pr, <double*>pw,
                               <double*>pb, db, ds, terms, parts, coef, split, threads)
             param_grads(&L, <double*>pr, db, ds, <double*>pgw, <double*>pgb)

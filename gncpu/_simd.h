@@ -34,7 +34,7 @@ typedef int64_t gn_vi64 __attribute__((vector_size(32)));
 typedef uint32_t gn_vu32 __attribute__((vector_size(32)));
 typedef uint16_t gn_vu16 __attribute__((vector_size(16)));
 
-#if defined(__F16C__) || defined(__FMA__)
+#if defined(__AVX__) || defined(__F16C__) || defined(__FMA__)
 #include <immintrin.h>
 #endif
 

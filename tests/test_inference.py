@@ -276,6 +276,25 @@ def test_channel_axis_must_be_an_integer(channel_axis):
                   x=np.ones((2, 4, 3), np.float32), num_groups=2, channel_axis=channel_axis)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("channel_axis", AXES, ids=AXIS_IDS)
+def test_empty_groups(dtype, channel_axis):
+    """No spatial element: nothing to write (half-precision partial vectors once wrote
+    before grad_x), statistics NaN, and the parameter gradients empty sums."""
+    dtype = dtype_of(dtype)
+    shape = (2, 4, 0) if channel_axis == 1 else (2, 0, 4)
+    x = np.empty(shape, dtype)
+    weight = np.linspace(0.5, 2.0, 4).astype(np.float32)
+    y, mean, rstd = gncpu.group_norm(x, 2, weight, weight, channel_axis=channel_axis,
+                                     activation="silu", return_stats=True)
+    assert y.shape == shape and y.dtype == dtype and np.isnan(mean).all()
+    mean, rstd = np.zeros_like(mean), np.ones_like(rstd)
+    grad_x, grad_weight, grad_bias = gncpu.group_norm_backward(
+        x, x, mean, rstd, 2, weight, bias=weight, channel_axis=channel_axis, activation="silu")
+    assert grad_x.shape == shape and grad_x.dtype == dtype
+    assert np.array_equal(grad_weight, np.zeros(4)) and np.array_equal(grad_bias, np.zeros(4))
+
+
 @pytest.mark.parametrize("activation", ["gelu", "ReLU", "", "none", 1])
 def test_unknown_activation(rng, activation):
     x = random_array(rng, (2, 4, 5), np.float32)
