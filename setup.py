@@ -1,8 +1,9 @@
 """Build gncpu's Cython kernels.
 
-The kernels are compiled twice where the CPU family allows it: a baseline module that runs
-on every CPU of the architecture, and on x86-64 an x86-64-v3 module (AVX2, FMA, F16C) that
-`gncpu/__init__.py` picks at import when the CPU has those features.
+The kernels are compiled once per instruction set: a baseline module that runs on every
+CPU of the architecture, and on x86-64 an x86-64-v3 module (AVX2, FMA, F16C) and, where the
+compiler takes the flags, an x86-64-v4 module (AVX-512 F, BW, DQ, VL); `gncpu/__init__.py`
+imports the widest one the CPU runs.
 
 OpenMP is probed: without it the build goes serial and says so; GNCPU_FAIL_NO_OPENMP=1
 makes that an error. GNCPU_NATIVE=1 adds -march=native (the build then runs only on CPUs
@@ -67,9 +68,12 @@ class BuildExt(build_ext):
             base.append("-falign-loops=64")
         if os.environ.get("GNCPU_NATIVE") == "1" and not msvc:
             base.append("-march=native")
+        if msvc or not compiles_and_links(self.compiler, "int main(void) { return 0; }\n",
+                                          SIMD_FLAGS["gncpu._kernels_x86_64_v4"], []):
+            # a compiler without AVX-512: the widest build is x86-64-v3
+            self.extensions = [e for e in self.extensions if not e.name.endswith("_v4")]
         for ext in self.extensions:
-            simd = ext.name.endswith("_x86_64_v3") and not msvc
-            ext.extra_compile_args = base + cflags + (["-mavx2", "-mfma", "-mf16c"] if simd else [])
+            ext.extra_compile_args = base + cflags + ([] if msvc else SIMD_FLAGS[ext.name])
             ext.extra_link_args = ldflags
         super().build_extensions()
 
@@ -79,9 +83,16 @@ def kernel_module(name):
                      define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
 
 
+# The kernels once per instruction set: baseline (any CPU of the architecture), and on x86-64
+# also x86-64-v3 (AVX2, FMA, F16C) and x86-64-v4 (AVX-512); gncpu/__init__.py imports the
+# widest one the CPU runs.
+V3 = ["-mavx2", "-mfma", "-mf16c"]
+SIMD_FLAGS = {"gncpu._kernels_baseline": [], "gncpu._kernels_x86_64_v3": V3,
+              "gncpu._kernels_x86_64_v4": V3 + ["-mavx512f", "-mavx512bw", "-mavx512dq",
+                                                "-mavx512vl"]}
 modules = [kernel_module("_kernels_baseline")]
 if X86:
-    modules.append(kernel_module("_kernels_x86_64_v3"))
+    modules += [kernel_module("_kernels_x86_64_v3"), kernel_module("_kernels_x86_64_v4")]
 
 setup(
     ext_modules=cythonize(modules, compiler_directives={

@@ -1,17 +1,25 @@
 """gncpu: fast, deterministic Group Normalization on the CPU.
 
-The kernels are compiled twice on x86-64 (baseline and x86-64-v3 with AVX2/FMA/F16C); the
-fastest one this CPU can run is imported here.
+The kernels are compiled three times on x86-64 (baseline, x86-64-v3 with AVX2/FMA/F16C and
+x86-64-v4 with AVX-512); the widest one this CPU can run is imported here.
 """
+import importlib
+
 from . import _kernels_baseline
 
-if _kernels_baseline.cpu_has_x86_64_v3():
-    try:
-        from . import _kernels_x86_64_v3 as _kernels
-    except ImportError:  # a build without the x86-64-v3 module
-        _kernels = _kernels_baseline
-else:
-    _kernels = _kernels_baseline
+
+def _widest_kernels():
+    for name, runs in (("_kernels_x86_64_v4", _kernels_baseline.cpu_has_x86_64_v4),
+                       ("_kernels_x86_64_v3", _kernels_baseline.cpu_has_x86_64_v3)):
+        if runs():
+            try:
+                return importlib.import_module(f".{name}", __name__)
+            except ImportError:  # a build without that module
+                pass
+    return _kernels_baseline
+
+
+_kernels = _widest_kernels()
 
 build_info = _kernels.build_info
 group_norm = _kernels.group_norm

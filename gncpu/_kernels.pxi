@@ -1,9 +1,10 @@
 # Group Norm kernels and the public functions that validate arguments and call them.
 #
-# This file is compiled twice (see setup.py): `_kernels_baseline.pyx` with the compiler's
-# default flags, which runs on any CPU of the architecture, and, on x86-64,
-# `_kernels_x86_64_v3.pyx` with AVX2/FMA/F16C; `gncpu/__init__.py` imports the one this
-# CPU can run. Both include this file, so there is a single source of truth.
+# This file is compiled once per instruction set (see setup.py): `_kernels_baseline.pyx`
+# with the compiler's default flags, which runs on any CPU of the architecture, and, on
+# x86-64, `_kernels_x86_64_v3.pyx` with AVX2/FMA/F16C and `_kernels_x86_64_v4.pyx` with
+# AVX-512 too; `gncpu/__init__.py` imports the widest one this CPU can run. All include
+# this file, so there is a single source of truth.
 #
 # Shapes: x is read as (N, C, S) with S = prod(spatial). Channels-first arrays (NCHW) have
 # unit stride along S; channels-last arrays (NHWC) have unit stride along C and are walked
@@ -37,6 +38,7 @@ cdef extern from "_platform.h" nogil:
     int gn_openmp_enabled()
     int gn_max_threads()
     int gn_cpu_has_x86_64_v3()
+    int gn_cpu_has_x86_64_v4()
 
 cdef extern from "_simd.h" nogil:
     enum:
@@ -177,7 +179,8 @@ cdef enum:
     # Rows per chunk (channels-last).
     ROW_CHUNK = 64
     # Channels-last split paths cut a sample's channels into ranges of whole blocks of this
-    # many channels (4 vectors of float32 under AVX2, the widest block the loops use).
+    # many channels (4 vectors of float32 under AVX2, the widest block the loops use there;
+    # 2 under AVX-512).
     RANGE_ALIGN = 32
     # Channels-last split paths write outputs by row chunks; with fewer than this many per
     # thread, by channel ranges of row chunks too (1 x 2048 x 7 x 7 at 2 threads: forward
@@ -1038,6 +1041,11 @@ def build_info():
 def cpu_has_x86_64_v3():
     """Whether this CPU runs x86-64-v3 code (AVX2, FMA and F16C)."""
     return bool(gn_cpu_has_x86_64_v3())
+
+
+def cpu_has_x86_64_v4():
+    """Whether this CPU runs x86-64-v4 code (x86-64-v3 and AVX-512 F, BW, DQ, VL)."""
+    return bool(gn_cpu_has_x86_64_v4())
 
 
 cdef int plan_threads(object num_threads, Py_ssize_t work) except -1:

@@ -2,7 +2,8 @@
  *
  * OpenMP is optional: without it every gn_* query answers as a serial build would, and
  * Cython's prange loops compile to plain loops.  CPU feature detection lets the package
- * import the x86-64-v3 (AVX2 + FMA + F16C) build of the kernels only where it can run.
+ * import the x86-64-v3 (AVX2 + FMA + F16C) and x86-64-v4 (AVX-512) builds of the kernels
+ * only where they can run.
  */
 #ifndef GNCPU_PLATFORM_H
 #define GNCPU_PLATFORM_H
@@ -34,6 +35,19 @@ static inline int gn_cpu_has_x86_64_v3(void)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
         && __builtin_cpu_supports("f16c");
+#else
+    return 0;
+#endif
+}
+
+/* 1 when this CPU runs x86-64-v4 code (x86-64-v3 and AVX-512 F, BW, DQ, VL, with OS support
+ * for ZMM state, which __builtin_cpu_supports checks). */
+static inline int gn_cpu_has_x86_64_v4(void)
+{
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    return gn_cpu_has_x86_64_v3() && __builtin_cpu_supports("avx512f")
+        && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")
+        && __builtin_cpu_supports("avx512vl");
 #else
     return 0;
 #endif

@@ -1,9 +1,10 @@
-/* The innermost loops of gncpu's kernels, on explicit 32-byte vectors.
+/* The innermost loops of gncpu's kernels, on explicit 32-byte vectors (64-byte ones in the
+ * AVX-512 build).
  *
  * Cython orchestrates (chunks, pairs, threads); these loops do the arithmetic. They are in C
  * because the compiler, left to vectorize Cython's lane loops, spilled the accumulators to
- * the stack. GCC and Clang vector extensions compile to AVX on x86-64-v3, and to pairs of
- * SSE2 or NEON registers elsewhere.
+ * the stack. GCC and Clang vector extensions compile to AVX on x86-64-v3, AVX-512 on
+ * x86-64-v4, and to pairs of SSE2 or NEON registers elsewhere.
  *
  * Storage and compute types: f32 (float, computed in float), f64 (double, in double), f16
  * (IEEE half, in float: F16C instructions where the CPU has them) and bf16 (bfloat16, in
@@ -27,18 +28,35 @@
 #include <string.h>
 #include "_platform.h"
 
-typedef float gn_vf32 __attribute__((vector_size(32)));
-typedef double gn_vf64 __attribute__((vector_size(32)));
-typedef int32_t gn_vi32 __attribute__((vector_size(32)));
-typedef int64_t gn_vi64 __attribute__((vector_size(32)));
-typedef uint32_t gn_vu32 __attribute__((vector_size(32)));
-typedef uint16_t gn_vu16 __attribute__((vector_size(16)));
+/* Vector bytes: 64 (16 floats) where AVX-512 (F, BW, DQ, VL: x86-64-v4) is built in, else
+ * 32 (8 floats). */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) \
+    && defined(__AVX512VL__)
+#define GN_AVX512 1
+#define GN_VBYTES 64
+#else
+#define GN_AVX512 0
+#define GN_VBYTES 32
+#endif
+#define GN_W32 (GN_VBYTES / 4)  /* float lanes */
+#define GN_W64 (GN_VBYTES / 8)  /* double lanes */
+
+typedef float gn_vf32 __attribute__((vector_size(GN_VBYTES)));
+typedef double gn_vf64 __attribute__((vector_size(GN_VBYTES)));
+typedef int32_t gn_vi32 __attribute__((vector_size(GN_VBYTES)));
+typedef int64_t gn_vi64 __attribute__((vector_size(GN_VBYTES)));
+typedef uint32_t gn_vu32 __attribute__((vector_size(GN_VBYTES)));
+typedef uint16_t gn_vu16 __attribute__((vector_size(GN_VBYTES / 2)));
 
 #if defined(__AVX__) || defined(__F16C__) || defined(__FMA__)
 #include <immintrin.h>
 #endif
 
-#if defined(__FMA__) && defined(__AVX__)
+#if GN_AVX512
+#define GN_VFMA_f32(a, b, c) ((gn_vf32)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
+#define GN_VFMA_f64(a, b, c) ((gn_vf64)_mm512_fmadd_pd((__m512d)(a), (__m512d)(b), (__m512d)(c)))
+#define GN_HAS_FMA 1
+#elif defined(__FMA__) && defined(__AVX__)
 #define GN_VFMA_f32(a, b, c) ((gn_vf32)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
 #define GN_VFMA_f64(a, b, c) ((gn_vf64)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(c)))
 #define GN_HAS_FMA 1
@@ -132,19 +150,26 @@ static inline uint16_t gn_float_to_bf16(float f)
     return (uint16_t)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
 }
 
-static inline gn_vf32 gn_vload_f32(const float *p) { gn_vf32 v; memcpy(&v, p, 32); return v; }
-static inline void gn_vstore_f32(float *p, gn_vf32 v) { memcpy(p, &v, 32); }
-static inline gn_vf64 gn_vload_f64(const double *p) { gn_vf64 v; memcpy(&v, p, 32); return v; }
-static inline void gn_vstore_f64(double *p, gn_vf64 v) { memcpy(p, &v, 32); }
+static inline gn_vf32 gn_vload_f32(const float *p) { gn_vf32 v; memcpy(&v, p, sizeof v); return v; }
+static inline void gn_vstore_f32(float *p, gn_vf32 v) { memcpy(p, &v, sizeof v); }
+static inline gn_vf64 gn_vload_f64(const double *p)
+{
+    gn_vf64 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void gn_vstore_f64(double *p, gn_vf64 v) { memcpy(p, &v, sizeof v); }
 
 static inline gn_vf32 gn_vload_f16(const uint16_t *p)
 {
-#if defined(__F16C__)
+#if GN_AVX512
+    return (gn_vf32)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#elif defined(__F16C__)
     return (gn_vf32)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 #else
     gn_vf32 v;
     int j;
-    for (j = 0; j < 8; j++)
+    for (j = 0; j < GN_W32; j++)
         v[j] = gn_half_to_float(p[j]);
     return v;
 #endif
@@ -152,13 +177,17 @@ static inline gn_vf32 gn_vload_f16(const uint16_t *p)
 
 static inline void gn_vstore_f16(uint16_t *p, gn_vf32 v)
 {
-#if defined(__F16C__)
+#if GN_AVX512
+    __m256i h = _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT);
+    GN_KEEP(h);
+    _mm256_storeu_si256((__m256i *)p, h);
+#elif defined(__F16C__)
     __m128i h = _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT);
     GN_KEEP(h);          /* converted into memory directly: 1.7x slower on AMD Zen 5 */
     _mm_storeu_si128((__m128i *)p, h);
 #else
     int j;
-    for (j = 0; j < 8; j++)
+    for (j = 0; j < GN_W32; j++)
         p[j] = gn_float_to_half(v[j]);
 #endif
 }
@@ -167,7 +196,7 @@ static inline void gn_vstore_f16(uint16_t *p, gn_vf32 v)
 static inline void gn_halves_to_floats(const uint16_t *h, float *f, ptrdiff_t n)
 {
     ptrdiff_t i;
-    for (i = 0; i + 8 <= n; i += 8)
+    for (i = 0; i + GN_W32 <= n; i += GN_W32)
         gn_vstore_f32(f + i, gn_vload_f16(h + i));
     for (; i < n; i++)
         f[i] = gn_half_to_float(h[i]);
@@ -175,7 +204,11 @@ static inline void gn_halves_to_floats(const uint16_t *h, float *f, ptrdiff_t n)
 
 /* Non-temporal stores of an aligned vector: for outputs too large to stay in cache, they
  * skip reading each line before it is written. Plain stores where AVX is not built in. */
-#if defined(__AVX__)
+#if GN_AVX512
+static inline void gn_vstream_f32(float *p, gn_vf32 v) { _mm512_stream_ps(p, (__m512)v); }
+static inline void gn_vstream_f64(double *p, gn_vf64 v) { _mm512_stream_pd(p, (__m512d)v); }
+static inline void gn_stream_fence(void) { _mm_sfence(); }
+#elif defined(__AVX__)
 static inline void gn_vstream_f32(float *p, gn_vf32 v) { _mm256_stream_ps(p, (__m256)v); }
 static inline void gn_vstream_f64(double *p, gn_vf64 v) { _mm256_stream_pd(p, (__m256d)v); }
 static inline void gn_stream_fence(void) { _mm_sfence(); }
@@ -184,7 +217,12 @@ static inline void gn_vstream_f32(float *p, gn_vf32 v) { gn_vstore_f32(p, v); }
 static inline void gn_vstream_f64(double *p, gn_vf64 v) { gn_vstore_f64(p, v); }
 static inline void gn_stream_fence(void) { }
 #endif
-#if defined(__AVX__) && defined(__F16C__)
+#if GN_AVX512
+static inline void gn_vstream_f16(uint16_t *p, gn_vf32 v)
+{
+    _mm256_stream_si256((__m256i *)p, _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT));
+}
+#elif defined(__AVX__) && defined(__F16C__)
 static inline void gn_vstream_f16(uint16_t *p, gn_vf32 v)
 {
     _mm_stream_si128((__m128i *)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
@@ -197,7 +235,7 @@ static inline gn_vf32 gn_vload_bf16(const uint16_t *p)
 {
     gn_vu16 h;
     gn_vu32 u;
-    memcpy(&h, p, 16);
+    memcpy(&h, p, sizeof h);
     u = __builtin_convertvector(h, gn_vu32) << 16;
     return (gn_vf32)u;
 }
@@ -209,10 +247,17 @@ static inline void gn_vstore_bf16(uint16_t *p, gn_vf32 v)
     gn_vu32 rounded = (u + 0x7fff + ((u >> 16) & 1)) >> 16;
     gn_vu32 quiet = (u >> 16) | 0x40;
     gn_vu16 h = __builtin_convertvector((nan & quiet) | (~nan & rounded), gn_vu16);
-    memcpy(p, &h, 16);
+    memcpy(p, &h, sizeof h);
 }
 
-#if defined(__AVX__)
+#if GN_AVX512
+static inline void gn_vstream_bf16(uint16_t *p, gn_vf32 v)
+{
+    uint16_t h[16] __attribute__((aligned(32)));
+    gn_vstore_bf16(h, v);
+    _mm256_stream_si256((__m256i *)p, _mm256_load_si256((const __m256i *)h));
+}
+#elif defined(__AVX__)
 static inline void gn_vstream_bf16(uint16_t *p, gn_vf32 v)
 {
     uint16_t h[8] __attribute__((aligned(16)));
@@ -237,7 +282,24 @@ static inline gn_vf64 gn_select_f64(gn_vi64 mask, gn_vf64 a, gn_vf64 b)
 
 /* min(k, x) and max(k, x) with a constant k, as the SSE/AVX instructions define them: x
  * when either is NaN, so NaN stays NaN. One instruction on AVX. */
-#if defined(__AVX__)
+#if GN_AVX512
+static inline gn_vf32 gn_vmin_f32(float k, gn_vf32 x)
+{
+    return (gn_vf32)_mm512_min_ps(_mm512_set1_ps(k), (__m512)x);
+}
+static inline gn_vf32 gn_vmax_f32(float k, gn_vf32 x)
+{
+    return (gn_vf32)_mm512_max_ps(_mm512_set1_ps(k), (__m512)x);
+}
+static inline gn_vf64 gn_vmin_f64(double k, gn_vf64 x)
+{
+    return (gn_vf64)_mm512_min_pd(_mm512_set1_pd(k), (__m512d)x);
+}
+static inline gn_vf64 gn_vmax_f64(double k, gn_vf64 x)
+{
+    return (gn_vf64)_mm512_max_pd(_mm512_set1_pd(k), (__m512d)x);
+}
+#elif defined(__AVX__)
 static inline gn_vf32 gn_vmin_f32(float k, gn_vf32 x)
 {
     return (gn_vf32)_mm256_min_ps(_mm256_set1_ps(k), (__m256)x);
@@ -400,8 +462,39 @@ static inline void gn_store16_part(uint16_t *p, __m128i h, ptrdiff_t n)
 /* In a partial load or store of T elements, through AVX2's masked instructions: float
  * and double directly; 2-byte storage (f16, bf16) as its raw bits, converted by LOAD or
  * STORE (the whole-vector load or store of T) through tmp, which the compiler keeps in a
- * register. T's size tells the types apart here; the other branches are dead code. */
-#if defined(__AVX2__)
+ * register. T's size tells the types apart here; the other branches are dead code.
+ * AVX-512 masks the n lanes of every element size directly (BW for 2-byte lanes). */
+#if GN_AVX512
+#define GN_MASKED_LOAD(T, VT, p, n, tmp, LOAD)                                            \
+    do {                                                                                  \
+        const __mmask16 lanes = (__mmask16)((1u << (n)) - 1);                             \
+        if (sizeof(T) == 4)                                                               \
+            return (VT)_mm512_maskz_loadu_ps(lanes, (const float *)(p));                  \
+        if (sizeof(T) == 8)                                                               \
+            return (VT)_mm512_maskz_loadu_pd((__mmask8)lanes, (const double *)(p));       \
+        if (sizeof(T) == 2) {                                                             \
+            _mm256_storeu_si256((__m256i *)(tmp), _mm256_maskz_loadu_epi16(lanes, (p)));  \
+            return LOAD(tmp);                                                             \
+        }                                                                                 \
+    } while (0)
+#define GN_MASKED_STORE(T, p, v, n, tmp, STORE)                                           \
+    do {                                                                                  \
+        const __mmask16 lanes = (__mmask16)((1u << (n)) - 1);                             \
+        if (sizeof(T) == 4) {                                                             \
+            _mm512_mask_storeu_ps((float *)(p), lanes, (__m512)(v));                      \
+            return;                                                                       \
+        }                                                                                 \
+        if (sizeof(T) == 8) {                                                             \
+            _mm512_mask_storeu_pd((double *)(p), (__mmask8)lanes, (__m512d)(v));          \
+            return;                                                                       \
+        }                                                                                 \
+        if (sizeof(T) == 2) {                                                             \
+            STORE(tmp, v);                                                                \
+            _mm256_mask_storeu_epi16((p), lanes, _mm256_loadu_si256((const __m256i *)(tmp)));\
+            return;                                                                       \
+        }                                                                                 \
+    } while (0)
+#elif defined(__AVX2__)
 #define GN_MASKED_LOAD(T, VT, p, n, tmp, LOAD)                                            \
     do {                                                                                  \
         if (sizeof(T) == 4)                                                               \
@@ -446,13 +539,40 @@ static inline void gn_prefetch_next(const void *p, size_t bytes)
         __builtin_prefetch((const char *)p + o);
 }
 
-/* out[k] = the lanes of v[k] totalled as gn_lanes_total does for 8 float lanes (lane j
- * plus lane j + 4, then j + 2, then j + 1, then in float64 plus 0), for k = 0..7 at once:
- * the same additions, each pair of them in one instruction (backward sums of channels
- * of 49-64 elements 1.1x faster on AMD Zen 5). v points to 8 vectors of 8 floats. */
-#if defined(__AVX__)
-#define GN_TOTALS8 1
-static inline void gn_lanes_totals8(const void *v, double *out)
+/* out[k] = the lanes of v[k] totalled as gn_lanes_total does for W float lanes (lane j plus
+ * lane j + W/2, down to one, then in float64 plus 0), for the W vectors of v (k < W) at
+ * once: the same additions, several channels per instruction (backward sums of channels
+ * of 49-64 elements 1.1x faster on AMD Zen 5). */
+#if GN_AVX512
+#define GN_TOTALS 1
+static inline void gn_lanes_totals(const void *v, double *out)
+{
+    const __m512 *u = (const __m512 *)v;
+    __m512 p[8], q[4], x0, x1, t;
+    double d[16];
+    int k, c;
+    for (k = 0; k < 8; k++)       /* r_j = u_j + u_j+8 of channels 2k | 2k + 1 */
+        p[k] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], 0x44),
+                             _mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], 0xEE));
+    for (k = 0; k < 4; k++)       /* s_j = r_j + r_j+4 of channels 4k + c in 128-bit lane c */
+        q[k] = _mm512_add_ps(_mm512_shuffle_f32x4(p[2 * k], p[2 * k + 1], 0x88),
+                             _mm512_shuffle_f32x4(p[2 * k], p[2 * k + 1], 0xDD));
+    /* per 128-bit lane c: [s0 + s2, s1 + s3] of channels c, c + 4 (x0) and c + 8, c + 12 */
+    x0 = _mm512_add_ps(_mm512_shuffle_ps(q[0], q[1], 0x44), _mm512_shuffle_ps(q[0], q[1], 0xEE));
+    x1 = _mm512_add_ps(_mm512_shuffle_ps(q[2], q[3], 0x44), _mm512_shuffle_ps(q[2], q[3], 0xEE));
+    /* lane 4c + i: the total of channel c + 4i */
+    t = _mm512_add_ps(_mm512_shuffle_ps(x0, x1, 0x88), _mm512_shuffle_ps(x0, x1, 0xDD));
+    _mm512_storeu_pd(d, _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(t)),
+                                      _mm512_setzero_pd()));
+    _mm512_storeu_pd(d + 8, _mm512_add_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(t, 1)),
+                                          _mm512_setzero_pd()));
+    for (c = 0; c < 4; c++)
+        for (k = 0; k < 4; k++)
+            out[c + 4 * k] = d[4 * c + k];
+}
+#elif defined(__AVX__)
+#define GN_TOTALS 1
+static inline void gn_lanes_totals(const void *v, double *out)
 {
     const __m256 *u = (const __m256 *)v;
     __m256 p[4], x0123, x4567, t;
@@ -480,8 +600,8 @@ static inline void gn_lanes_totals8(const void *v, double *out)
     }
 }
 #else
-#define GN_TOTALS8 0
-static inline void gn_lanes_totals8(const void *v, double *out) { (void)v; (void)out; }
+#define GN_TOTALS 0
+static inline void gn_lanes_totals(const void *v, double *out) { (void)v; (void)out; }
 #endif
 
 /* ---- the loops, once per storage type ----------------------------------------------- */
@@ -845,17 +965,17 @@ static void gn_pair_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t Cg, ptr
     double sa, sb, ta, tb;                                                                \
     ptrdiff_t k = 0, j, end;                                                              \
     if (S <= chunk) {          /* one chunk: its sums are the channel's, bit for bit */   \
-        if (GN_TOTALS8 && W == 8 && sizeof(CT) == 4)                                      \
-            for (; k + 8 <= Cg; k += 8) {                                                 \
-                VT a[8], b[8];                                                            \
-                for (j = 0; j < 8; j++) {                                                 \
+        if (GN_TOTALS && W == GN_W32 && sizeof(CT) == 4)                                  \
+            for (; k + W <= Cg; k += W) {                                                 \
+                VT a[W], b[W];                                                            \
+                for (j = 0; j < W; j++) {                                                 \
                     gn_channel_sums_##SUF(dy + (k + j) * dys, x + (k + j) * xs, S, vm, w, \
                                           bias, k + j, r, act, sums);                     \
                     a[j] = sums[0];                                                       \
                     b[j] = sums[1];                                                       \
                 }                                                                         \
-                gn_lanes_totals8((const void *)a, db + k);                                \
-                gn_lanes_totals8((const void *)b, ds + k);                                \
+                gn_lanes_totals((const void *)a, db + k);                                 \
+                gn_lanes_totals((const void *)b, ds + k);                                 \
             }                                                                             \
         for (; k < Cg; k++) {                                                             \
             gn_channel_sums_##SUF(dy + k * dys, x + k * xs, S, vm, w, bias, k, r, act,    \
@@ -1168,9 +1288,11 @@ static inline void gn_rows_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdi
  * ran 2x faster than 16). */
 #define GN_TILE_BYTES 8192
 
-GN_DEFINE_KERNELS(float, float, f32, gn_vf32, 8, GN_VFMA_f32, gn_select_f32, gn_vexp_f32)
-GN_DEFINE_KERNELS(double, double, f64, gn_vf64, 4, GN_VFMA_f64, gn_select_f64, gn_vexp_f64)
-GN_DEFINE_KERNELS(uint16_t, float, f16, gn_vf32, 8, GN_VFMA_f32, gn_select_f32, gn_vexp_f32)
-GN_DEFINE_KERNELS(uint16_t, float, bf16, gn_vf32, 8, GN_VFMA_f32, gn_select_f32, gn_vexp_f32)
+GN_DEFINE_KERNELS(float, float, f32, gn_vf32, GN_W32, GN_VFMA_f32, gn_select_f32, gn_vexp_f32)
+GN_DEFINE_KERNELS(double, double, f64, gn_vf64, GN_W64, GN_VFMA_f64, gn_select_f64, gn_vexp_f64)
+GN_DEFINE_KERNELS(uint16_t, float, f16, gn_vf32, GN_W32, GN_VFMA_f32, gn_select_f32,
+                  gn_vexp_f32)
+GN_DEFINE_KERNELS(uint16_t, float, bf16, gn_vf32, GN_W32, GN_VFMA_f32, gn_select_f32,
+                  gn_vexp_f32)
 
 #endif

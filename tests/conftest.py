@@ -191,10 +191,10 @@ def compiled_kernel_modules():
 
 def import_kernel_module(name):
     """Import one compiled variant, skipping one this CPU cannot run."""
-    if name.endswith("x86_64_v3"):
-        baseline = importlib.import_module("gncpu._kernels_baseline")
-        if not baseline.cpu_has_x86_64_v3():
-            pytest.skip("this CPU cannot run the x86-64-v3 kernels")
+    baseline = importlib.import_module("gncpu._kernels_baseline")
+    for level in ("x86_64_v3", "x86_64_v4"):
+        if name.endswith(level) and not getattr(baseline, f"cpu_has_{level}")():
+            pytest.skip(f"this CPU cannot run the {level} kernels")
     return importlib.import_module(f"gncpu.{name}")
 
 

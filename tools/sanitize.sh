@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build gncpu with AddressSanitizer and UndefinedBehaviorSanitizer in a temporary copy of
 # this checkout and run the test suite under them, once with each build of the kernels
-# (x86-64-v3 where the CPU has it, then baseline). Exits non-zero on any sanitizer report
+# the CPU runs (x86-64-v4, x86-64-v3, then baseline). Exits non-zero on any sanitizer report
 # or test failure.
 #
 # Usage: tools/sanitize.sh [pytest arguments]      e.g. tools/sanitize.sh -x -k forward
@@ -76,22 +76,24 @@ run_suite() {  # $1: the kernel module gncpu must pick; the rest: pytest argumen
 }
 
 status=0
-if ls "$work/site/gncpu/"_kernels_x86_64_v3*.so > /dev/null 2>&1; then
-    v3="$(LD_PRELOAD="$libasan" python -c \
-        "import gncpu; print(gncpu._kernels_baseline.cpu_has_x86_64_v3())")"
-    if [ "$v3" = True ]; then
-        echo "sanitize: === x86-64-v3 kernels ==="
-        run_suite _kernels_x86_64_v3 "$@" || status=1
-    else
-        echo "sanitize: this CPU cannot run the x86-64-v3 kernels; testing the baseline only"
+# The widest build the CPU runs first; then each is replaced by a module that fails to
+# import, as in a build without it, so that gncpu falls back to the next (deleting the .so
+# alone would let an editable install of gncpu supply the checkout's own).
+for level in x86_64_v4 x86_64_v3; do
+    if ls "$work/site/gncpu/_kernels_$level"*.so > /dev/null 2>&1; then
+        runs="$(LD_PRELOAD="$libasan" python -c \
+            "import gncpu; print(gncpu._kernels_baseline.cpu_has_$level())")"
+        if [ "$runs" = True ]; then
+            echo "sanitize: === ${level//_/-} kernels ==="
+            run_suite "_kernels_$level" "$@" || status=1
+        else
+            echo "sanitize: this CPU cannot run the ${level//_/-} kernels"
+        fi
     fi
-fi
-# A module that fails to import, as in a build without it, makes gncpu fall back to the
-# baseline kernels (deleting the .so alone would let an editable install of gncpu supply
-# the checkout's own).
-rm -f "$work/site/gncpu/"_kernels_x86_64_v3*.so
-echo 'raise ImportError("tools/sanitize.sh: baseline pass")' \
-    > "$work/site/gncpu/_kernels_x86_64_v3.py"
+    rm -f "$work/site/gncpu/_kernels_$level"*.so
+    echo "raise ImportError('tools/sanitize.sh: pass without $level')" \
+        > "$work/site/gncpu/_kernels_$level.py"
+done
 echo "sanitize: === baseline kernels ==="
 run_suite _kernels_baseline "$@" || status=1
 if [ "$status" = 0 ]; then
