@@ -1,16 +1,22 @@
 """gncpu: fast, deterministic Group Normalization on the CPU.
 
 The kernels are compiled three times on x86-64 (baseline, x86-64-v3 with AVX2/FMA/F16C and
-x86-64-v4 with AVX-512); the widest one this CPU can run is imported here.
+x86-64-v4 with AVX-512). The forward pass runs the widest one this CPU can run; the backward
+pass runs the widest up to x86-64-v3, which was the faster of the two there on AMD Zen 5
+(x86-64-v4's backward took 1.2x as long on (8,256,56,56) and (2,1280,8,8) float32, while
+its forward is as fast and 1.5x faster with SiLU fused).
 """
 import importlib
 
 from . import _kernels_baseline
 
+_LEVELS = (("_kernels_x86_64_v4", _kernels_baseline.cpu_has_x86_64_v4),
+           ("_kernels_x86_64_v3", _kernels_baseline.cpu_has_x86_64_v3))
 
-def _widest_kernels():
-    for name, runs in (("_kernels_x86_64_v4", _kernels_baseline.cpu_has_x86_64_v4),
-                       ("_kernels_x86_64_v3", _kernels_baseline.cpu_has_x86_64_v3)):
+
+def _widest_kernels(levels):
+    """The first of `levels` (module name, CPU check) that this CPU runs and that was built."""
+    for name, runs in levels:
         if runs():
             try:
                 return importlib.import_module(f".{name}", __name__)
@@ -19,11 +25,28 @@ def _widest_kernels():
     return _kernels_baseline
 
 
-_kernels = _widest_kernels()
+_kernels = _widest_kernels(_LEVELS)
+_backward_kernels = _widest_kernels(_LEVELS[1:])
 
-build_info = _kernels.build_info
 group_norm = _kernels.group_norm
-group_norm_backward = _kernels.group_norm_backward
+group_norm_backward = _backward_kernels.group_norm_backward
+
+
+def build_info():
+    """How gncpu was built and what a call uses.
+
+    Returns
+    -------
+    dict
+        ``openmp``: whether the kernels were compiled with OpenMP; ``max_threads``: the
+        threads a call uses by default; ``simd``: the instruction set of the kernels that
+        :func:`group_norm` runs; ``simd_backward``: that of :func:`group_norm_backward`'s.
+    """
+    info = _kernels.build_info()
+    info["simd_backward"] = _backward_kernels.build_info()["simd"]
+    return info
+
+
 from .layer import GroupNorm  # noqa: E402
 
 __all__ = ["group_norm", "group_norm_backward", "GroupNorm", "build_info", "show_config"]
@@ -33,4 +56,4 @@ __version__ = "0.1.0"
 def show_config():
     """Print how gncpu was built and what it will use: OpenMP, threads, SIMD path."""
     for key, value in build_info().items():
-        print(f"{key:12s} {value}")
+        print(f"{key:14s} {value}")

@@ -4,7 +4,7 @@ import operator
 
 import numpy as np
 
-from . import _kernels
+from . import group_norm, group_norm_backward
 
 
 class GroupNorm:
@@ -78,7 +78,7 @@ class GroupNorm:
                             "float32, float64, float16 or bfloat16")
         # Validate the rest now, with the same rules and messages as the functional API.
         probe = (0, num_channels, 1) if channel_axis == 1 else (0, 1, num_channels)
-        _kernels.group_norm(np.zeros(probe), num_groups, eps=eps, channel_axis=channel_axis,
+        group_norm(np.zeros(probe), num_groups, eps=eps, channel_axis=channel_axis,
                             activation=activation)
         self.num_groups = num_groups
         self.num_channels = num_channels
@@ -102,7 +102,7 @@ class GroupNorm:
     def forward(self, x):
         """y = group_norm(x, num_groups, weight, bias, eps, ...); keeps what backward needs."""
         try:
-            y, mean, rstd = _kernels.group_norm(x, self.num_groups, self.weight, self.bias,
+            y, mean, rstd = group_norm(x, self.num_groups, self.weight, self.bias,
                                                 self.eps, channel_axis=self.channel_axis,
                                                 activation=self.activation, return_stats=True)
         except ValueError as error:
@@ -125,7 +125,7 @@ class GroupNorm:
         if self._saved is None:
             raise RuntimeError("backward() needs a forward() call first")
         x, mean, rstd = self._saved
-        grad_x, grad_weight, grad_bias = _kernels.group_norm_backward(
+        grad_x, grad_weight, grad_bias = group_norm_backward(
             grad_out, x, mean, rstd, self.num_groups, self.weight, bias=self.bias,
             activation=self.activation, channel_axis=self.channel_axis)
         if self.affine:
