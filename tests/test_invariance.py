@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import gncpu
-from conftest import (FLOATS, assert_bitwise, fast_forward, random_affine, random_array,
-                      with_layout)
+from conftest import (FLOATS, assert_bitwise, compiled_kernel_modules, fast_forward,
+                      import_kernel_module, random_affine, random_array, with_layout)
 
 GRAD_NAMES = ("grad_x", "grad_weight", "grad_bias")
 
@@ -100,6 +100,26 @@ def test_thread_count_does_not_change_results(rng, case, dtype, layout):
             limited = forward_backward(x, grad_out, num_groups, weight, bias)
         for name, a, b in zip(names, limited, serial):
             assert_bitwise(a, b, f"{name} under threadpool_limits({threads})")
+
+
+@pytest.mark.parametrize("module_name", compiled_kernel_modules())
+@pytest.mark.parametrize("case", [((1, 256, 30, 30), 4), ((1, 8, 256, 256), 1)],
+                         ids=["one-chunk-channels", "split-group"])
+def test_every_compiled_variant_is_thread_invariant(rng, module_name, case):
+    """Each build, not only the ones imported by default, gives the same bits for any
+    thread count (its split paths sum as its pair paths do)."""
+    module = import_kernel_module(module_name)
+    shape, num_groups = case
+    x, grad_out = random_array(rng, shape, np.float32), random_array(rng, shape, np.float32)
+    weight = random_affine(rng, shape[1], np.float32)[0]
+    results = []
+    for threads in (1, 3):
+        y, mean, rstd = module.group_norm(x, num_groups, weight, return_stats=True,
+                                          num_threads=threads)
+        results.append((y, mean, rstd) + tuple(module.group_norm_backward(
+            grad_out, x, mean, rstd, num_groups, weight, num_threads=threads)))
+    for name, a, b in zip(("y", "mean", "rstd") + GRAD_NAMES, *results):
+        assert_bitwise(a, b, f"{name} of {module_name} with 3 threads")
 
 
 def test_build_info():
