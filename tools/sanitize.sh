@@ -85,7 +85,14 @@ for level in x86_64_v4 x86_64_v3; do
             "import gncpu; print(gncpu._kernels_baseline.cpu_has_$level())")"
         if [ "$runs" = True ]; then
             echo "sanitize: === ${level//_/-} kernels ==="
-            run_suite "_kernels_$level" "$@" || status=1
+            # ASan's fake stack frames (detect_stack_use_after_return) are not 64-byte
+            # aligned, and GCC spills the 64-byte vectors of the AVX-512 build there with
+            # aligned stores, which then fault in the tool, not in gncpu.
+            options="$ASAN_OPTIONS"
+            if [ "$level" = x86_64_v4 ]; then
+                options="${options/use_after_return=1/use_after_return=0}"
+            fi
+            ASAN_OPTIONS="$options" run_suite "_kernels_$level" "$@" || status=1
         else
             echo "sanitize: this CPU cannot run the ${level//_/-} kernels"
         fi
