@@ -281,40 +281,34 @@ static inline gn_vf64 gn_select_f64(gn_vi64 mask, gn_vf64 a, gn_vf64 b)
 }
 
 /* min(k, x) and max(k, x) with a constant k, as the SSE/AVX instructions define them: x
- * when either is NaN, so NaN stays NaN. One instruction on AVX. */
+ * when either is NaN, so NaN stays NaN. One instruction on AVX and AVX-512. */
+#if GN_AVX512 || defined(__AVX__)
 #if GN_AVX512
+#define GN_MM_PS(op) _mm512_##op##_ps
+#define GN_MM_PD(op) _mm512_##op##_pd
+typedef __m512 gn_mm32;
+typedef __m512d gn_mm64;
+#else
+#define GN_MM_PS(op) _mm256_##op##_ps
+#define GN_MM_PD(op) _mm256_##op##_pd
+typedef __m256 gn_mm32;
+typedef __m256d gn_mm64;
+#endif
 static inline gn_vf32 gn_vmin_f32(float k, gn_vf32 x)
 {
-    return (gn_vf32)_mm512_min_ps(_mm512_set1_ps(k), (__m512)x);
+    return (gn_vf32)GN_MM_PS(min)(GN_MM_PS(set1)(k), (gn_mm32)x);
 }
 static inline gn_vf32 gn_vmax_f32(float k, gn_vf32 x)
 {
-    return (gn_vf32)_mm512_max_ps(_mm512_set1_ps(k), (__m512)x);
+    return (gn_vf32)GN_MM_PS(max)(GN_MM_PS(set1)(k), (gn_mm32)x);
 }
 static inline gn_vf64 gn_vmin_f64(double k, gn_vf64 x)
 {
-    return (gn_vf64)_mm512_min_pd(_mm512_set1_pd(k), (__m512d)x);
+    return (gn_vf64)GN_MM_PD(min)(GN_MM_PD(set1)(k), (gn_mm64)x);
 }
 static inline gn_vf64 gn_vmax_f64(double k, gn_vf64 x)
 {
-    return (gn_vf64)_mm512_max_pd(_mm512_set1_pd(k), (__m512d)x);
-}
-#elif defined(__AVX__)
-static inline gn_vf32 gn_vmin_f32(float k, gn_vf32 x)
-{
-    return (gn_vf32)_mm256_min_ps(_mm256_set1_ps(k), (__m256)x);
-}
-static inline gn_vf32 gn_vmax_f32(float k, gn_vf32 x)
-{
-    return (gn_vf32)_mm256_max_ps(_mm256_set1_ps(k), (__m256)x);
-}
-static inline gn_vf64 gn_vmin_f64(double k, gn_vf64 x)
-{
-    return (gn_vf64)_mm256_min_pd(_mm256_set1_pd(k), (__m256d)x);
-}
-static inline gn_vf64 gn_vmax_f64(double k, gn_vf64 x)
-{
-    return (gn_vf64)_mm256_max_pd(_mm256_set1_pd(k), (__m256d)x);
+    return (gn_vf64)GN_MM_PD(max)(GN_MM_PD(set1)(k), (gn_mm64)x);
 }
 #else
 static inline gn_vf32 gn_vmin_f32(float k, gn_vf32 x)
