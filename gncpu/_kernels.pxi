@@ -569,14 +569,13 @@ cdef void forward_pair(const char* x, const char* res, char* s, char* y, const L
         pair_span_moments(x, res, s, L, p, t, &part)
         merge_moments(&total, &part)
     finish_stats(&total, eps, p, mean, rstd)
-    if L.S > 0:
-        if res != NULL:
-            x = s
-            xsN = L.ssN
-            xs = L.ss
-        pair_affine(at(x, i * xsN + c0 * xs, L), at(y, i * L.ysN + c0 * L.ys, L), xs, L, mean[p],
-                    <double>rstd[p], NULL if weight == NULL else weight + c0,
-                    NULL if bias == NULL else bias + c0)
+    if res != NULL:
+        x = s
+        xsN = L.ssN
+        xs = L.ss
+    pair_affine(at(x, i * xsN + c0 * xs, L), at(y, i * L.ysN + c0 * L.ys, L), xs, L, mean[p],
+                <double>rstd[p], NULL if weight == NULL else weight + c0,
+                NULL if bias == NULL else bias + c0)
 
 
 cdef void forward_nchw(const char* x, const char* res, char* s, char* y, const Layout* L,
@@ -723,16 +722,16 @@ cdef void forward_sample_nhwc(const char* x, const char* res, char* s, char* y, 
                               Py_ssize_t i, double eps, const real* weight, const real* bias,
                               real* mean, real* rstd, double* scratch,
                               real* coef) noexcept nogil:
-    """Sample i: channel moments, group statistics, then its outputs."""
+    """Sample i: channel moments, group statistics, then its outputs (normalized from x,
+    or from the sum x + residual)."""
+    cdef const char* src = x if res == NULL else <const char*>s
+    cdef Py_ssize_t srcN = L.xsN if res == NULL else L.ssN
+    cdef Py_ssize_t srcs = L.xs if res == NULL else L.ss
     channel_moments_nhwc(x, res, s, L, i, 0, L.C, scratch, scratch + 2 * L.C)
     group_stats_nhwc(L, i, scratch + 2 * L.C, eps, mean, rstd)
     channel_coefficients(L, i, mean, rstd, weight, bias, coef, coef + L.C, coef + 2 * L.C)
-    if res == NULL:
-        rows_affine(at(x, i * L.xsN, L), at(y, i * L.ysN, L), L.S, L.C, L.xs, L.ys, L, coef,
-                    coef + L.C, coef + 2 * L.C)
-    else:
-        rows_affine(at(s, i * L.ssN, L), at(y, i * L.ysN, L), L.S, L.C, L.ss, L.ys, L, coef,
-                    coef + L.C, coef + 2 * L.C)
+    rows_affine(at(src, i * srcN, L), at(y, i * L.ysN, L), L.S, L.C, srcs, L.ys, L, coef,
+                coef + L.C, coef + 2 * L.C)
 
 
 cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const Layout* L,
@@ -748,6 +747,9 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
     cdef Py_ssize_t cuts = ranges if L.N * L.row_chunks < OUTPUT_CUT_CHUNKS * threads else 1
     cdef Py_ssize_t items = L.N * L.row_chunks * cuts
     cdef const real* cf
+    cdef const char* src = x if res == NULL else <const char*>s  # outputs normalized from
+    cdef Py_ssize_t srcN = L.xsN if res == NULL else L.ssN
+    cdef Py_ssize_t srcs = L.xs if res == NULL else L.ss
     if not split:
         if threads == 1:
             for i in range(L.N):
@@ -775,14 +777,9 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
         c0 = range_start(L, cuts, j % cuts)
         c1 = range_start(L, cuts, j % cuts + 1)
         cf = coef + i * 3 * L.C + c0
-        if res == NULL:
-            rows_affine(at(x, i * L.xsN + r0 * L.xs + c0, L), at(y, i * L.ysN + r0 * L.ys + c0, L),
-                        min(ROW_CHUNK, L.S - r0), c1 - c0, L.xs, L.ys, L, cf, cf + L.C,
-                        cf + 2 * L.C)
-        else:
-            rows_affine(at(s, i * L.ssN + r0 * L.ss + c0, L), at(y, i * L.ysN + r0 * L.ys + c0, L),
-                        min(ROW_CHUNK, L.S - r0), c1 - c0, L.ss, L.ys, L, cf, cf + L.C,
-                        cf + 2 * L.C)
+        rows_affine(at(src, i * srcN + r0 * srcs + c0, L), at(y, i * L.ysN + r0 * L.ys + c0, L),
+                    min(ROW_CHUNK, L.S - r0), c1 - c0, srcs, L.ys, L, cf, cf + L.C,
+                    cf + 2 * L.C)
 
 
 # ---------------------------------------------------------------------------------------

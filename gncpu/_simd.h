@@ -52,13 +52,25 @@ typedef uint16_t gn_vu16 __attribute__((vector_size(GN_VBYTES / 2)));
 #include <immintrin.h>
 #endif
 
+/* The float and double intrinsics of the build's vector width, and their vector types:
+ * GN_MM_PS(min) is _mm512_min_ps under AVX-512, _mm256_min_ps under AVX. */
 #if GN_AVX512
-#define GN_VFMA_f32(a, b, c) ((gn_vf32)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
-#define GN_VFMA_f64(a, b, c) ((gn_vf64)_mm512_fmadd_pd((__m512d)(a), (__m512d)(b), (__m512d)(c)))
-#define GN_HAS_FMA 1
-#elif defined(__FMA__) && defined(__AVX__)
-#define GN_VFMA_f32(a, b, c) ((gn_vf32)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
-#define GN_VFMA_f64(a, b, c) ((gn_vf64)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(c)))
+#define GN_MM_PS(op) _mm512_##op##_ps
+#define GN_MM_PD(op) _mm512_##op##_pd
+typedef __m512 gn_mm32;
+typedef __m512d gn_mm64;
+#elif defined(__AVX__)
+#define GN_MM_PS(op) _mm256_##op##_ps
+#define GN_MM_PD(op) _mm256_##op##_pd
+typedef __m256 gn_mm32;
+typedef __m256d gn_mm64;
+#endif
+
+#if GN_AVX512 || (defined(__FMA__) && defined(__AVX__))
+#define GN_VFMA_f32(a, b, c) \
+    ((gn_vf32)GN_MM_PS(fmadd)((gn_mm32)(a), (gn_mm32)(b), (gn_mm32)(c)))
+#define GN_VFMA_f64(a, b, c) \
+    ((gn_vf64)GN_MM_PD(fmadd)((gn_mm64)(a), (gn_mm64)(b), (gn_mm64)(c)))
 #define GN_HAS_FMA 1
 #else
 #define GN_VFMA_f32(a, b, c) ((a) * (b) + (c))
@@ -150,7 +162,12 @@ static inline uint16_t gn_float_to_bf16(float f)
     return (uint16_t)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
 }
 
-static inline gn_vf32 gn_vload_f32(const float *p) { gn_vf32 v; memcpy(&v, p, sizeof v); return v; }
+static inline gn_vf32 gn_vload_f32(const float *p)
+{
+    gn_vf32 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
 static inline void gn_vstore_f32(float *p, gn_vf32 v) { memcpy(p, &v, sizeof v); }
 static inline gn_vf64 gn_vload_f64(const double *p)
 {
@@ -204,13 +221,9 @@ static inline void gn_halves_to_floats(const uint16_t *h, float *f, ptrdiff_t n)
 
 /* Non-temporal stores of an aligned vector: for outputs too large to stay in cache, they
  * skip reading each line before it is written. Plain stores where AVX is not built in. */
-#if GN_AVX512
-static inline void gn_vstream_f32(float *p, gn_vf32 v) { _mm512_stream_ps(p, (__m512)v); }
-static inline void gn_vstream_f64(double *p, gn_vf64 v) { _mm512_stream_pd(p, (__m512d)v); }
-static inline void gn_stream_fence(void) { _mm_sfence(); }
-#elif defined(__AVX__)
-static inline void gn_vstream_f32(float *p, gn_vf32 v) { _mm256_stream_ps(p, (__m256)v); }
-static inline void gn_vstream_f64(double *p, gn_vf64 v) { _mm256_stream_pd(p, (__m256d)v); }
+#if defined(__AVX__)
+static inline void gn_vstream_f32(float *p, gn_vf32 v) { GN_MM_PS(stream)(p, (gn_mm32)v); }
+static inline void gn_vstream_f64(double *p, gn_vf64 v) { GN_MM_PD(stream)(p, (gn_mm64)v); }
 static inline void gn_stream_fence(void) { _mm_sfence(); }
 #else
 static inline void gn_vstream_f32(float *p, gn_vf32 v) { gn_vstore_f32(p, v); }
@@ -282,18 +295,7 @@ static inline gn_vf64 gn_select_f64(gn_vi64 mask, gn_vf64 a, gn_vf64 b)
 
 /* min(k, x) and max(k, x) with a constant k, as the SSE/AVX instructions define them: x
  * when either is NaN, so NaN stays NaN. One instruction on AVX and AVX-512. */
-#if GN_AVX512 || defined(__AVX__)
-#if GN_AVX512
-#define GN_MM_PS(op) _mm512_##op##_ps
-#define GN_MM_PD(op) _mm512_##op##_pd
-typedef __m512 gn_mm32;
-typedef __m512d gn_mm64;
-#else
-#define GN_MM_PS(op) _mm256_##op##_ps
-#define GN_MM_PD(op) _mm256_##op##_pd
-typedef __m256 gn_mm32;
-typedef __m256d gn_mm64;
-#endif
+#if defined(__AVX__)
 static inline gn_vf32 gn_vmin_f32(float k, gn_vf32 x)
 {
     return (gn_vf32)GN_MM_PS(min)(GN_MM_PS(set1)(k), (gn_mm32)x);
@@ -861,15 +863,22 @@ static inline __attribute__((always_inline)) void gn_grad_sums_loop_##SUF(      
     sums[1] = (b0 + b1) + (b2 + b3);                                                      \
 }                                                                                         \
                                                                                           \
-static inline void gn_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t n, CT m, CT a,  \
-                                      CT b, int act, double *out)                         \
+/* gn_grad_sums_loop with a copy of its own for no activation. */                        \
+static inline __attribute__((always_inline)) void gn_grad_sums_act_##SUF(                 \
+    const ST *dy, const ST *x, ptrdiff_t n, VT vm, VT va, VT vb, int act, VT *sums)       \
 {                                                                                         \
-    const VT vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b);      \
-    VT sums[2];                                                                           \
     if (act == GN_ACT_NONE)                                                               \
         gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, GN_ACT_NONE, sums);                 \
     else                                                                                  \
         gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, act, sums);                         \
+}                                                                                         \
+                                                                                          \
+static inline void gn_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t n, CT m, CT a,  \
+                                      CT b, int act, double *out)                         \
+{                                                                                         \
+    VT sums[2];                                                                           \
+    gn_grad_sums_act_##SUF(dy, x, n, gn_splat_##SUF(m), gn_splat_##SUF(a),                \
+                           gn_splat_##SUF(b), act, sums);                                 \
     out[0] = gn_lanes_total_##SUF(sums[0], 0);                                            \
     out[1] = gn_lanes_total_##SUF(sums[1], 0);                                            \
 }                                                                                         \
@@ -937,16 +946,13 @@ static inline CT gn_scale_##SUF(const CT *w, ptrdiff_t k, double r)             
     return (CT)((w == NULL ? 1.0 : (double)w[k]) * r);                                    \
 }                                                                                         \
                                                                                           \
+/* The sums of n elements of channel k, with its a_k and b_k. */                          \
 static inline __attribute__((always_inline)) void gn_channel_sums_##SUF(                  \
     const ST *dy, const ST *x, ptrdiff_t n, VT vm, const CT *w, const CT *bias,           \
     ptrdiff_t k, double r, int act, VT *sums)                                             \
 {                                                                                         \
-    const VT va = gn_splat_##SUF(gn_scale_##SUF(w, k, r));                                \
-    const VT vb = gn_splat_##SUF(bias == NULL ? (CT)0 : bias[k]);                         \
-    if (act == GN_ACT_NONE)                                                               \
-        gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, GN_ACT_NONE, sums);                 \
-    else                                                                                  \
-        gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, act, sums);                         \
+    gn_grad_sums_act_##SUF(dy, x, n, vm, gn_splat_##SUF(gn_scale_##SUF(w, k, r)),         \
+                           gn_splat_##SUF(bias == NULL ? (CT)0 : bias[k]), act, sums);    \
 }                                                                                         \
                                                                                           \
 static void gn_pair_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t Cg, ptrdiff_t S, \

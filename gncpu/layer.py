@@ -79,7 +79,7 @@ class GroupNorm:
         # Validate the rest now, with the same rules and messages as the functional API.
         probe = (0, num_channels, 1) if channel_axis == 1 else (0, 1, num_channels)
         group_norm(np.zeros(probe), num_groups, eps=eps, channel_axis=channel_axis,
-                            activation=activation)
+                   activation=activation)
         self.num_groups = num_groups
         self.num_channels = num_channels
         self.eps = eps
@@ -102,9 +102,9 @@ class GroupNorm:
     def forward(self, x):
         """y = group_norm(x, num_groups, weight, bias, eps, ...); keeps what backward needs."""
         try:
-            y, mean, rstd = group_norm(x, self.num_groups, self.weight, self.bias,
-                                                self.eps, channel_axis=self.channel_axis,
-                                                activation=self.activation, return_stats=True)
+            y, mean, rstd = group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
+                                       channel_axis=self.channel_axis,
+                                       activation=self.activation, return_stats=True)
         except ValueError as error:
             try:  # the error path only: name x's channel count, not the weight's shape
                 shape = np.shape(x)
