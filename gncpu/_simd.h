@@ -535,6 +535,56 @@ static inline void gn_prefetch_next(const void *p, size_t bytes)
         __builtin_prefetch((const char *)p + o);
 }
 
+/* Lane j plus lane j + W/2, and so on down to one lane: a vector's lanes added pairwise.
+ * With AVX, on halves of the register: the same additions, without the trip through the
+ * stack that a loop over lanes takes (its store-to-load chain was 40% of the channels-
+ * first moments' time on AMD Zen 5, with a horizontal total per 2048 elements). */
+#if GN_AVX512
+static inline float gn_fold_f32(gn_vf32 v)
+{
+    const __m512 a = (__m512)v;
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
+static inline double gn_fold_f64(gn_vf64 v)
+{
+    const __m512d a = (__m512d)v;
+    const __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(a), _mm512_extractf64x4_pd(a, 1));
+    const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+}
+#elif defined(__AVX__)
+static inline float gn_fold_f32(gn_vf32 v)
+{
+    const __m256 h = (__m256)v;
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
+static inline double gn_fold_f64(gn_vf64 v)
+{
+    const __m256d h = (__m256d)v;
+    const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+}
+#else
+#define GN_FOLD_LANES(CT, W, v)                                                            \
+    CT u[W];                                                                              \
+    int j, width = W;                                                                     \
+    memcpy(u, &v, sizeof u);                                                              \
+    while (width > 1) {                                                                   \
+        width /= 2;                                                                       \
+        for (j = 0; j < width; j++)                                                       \
+            u[j] += u[j + width];                                                         \
+    }                                                                                     \
+    return u[0];
+static inline float gn_fold_f32(gn_vf32 v) { GN_FOLD_LANES(float, GN_W32, v) }
+static inline double gn_fold_f64(gn_vf64 v) { GN_FOLD_LANES(double, GN_W64, v) }
+#undef GN_FOLD_LANES
+#endif
+
 /* out[k] = the lanes of v[k] totalled as gn_lanes_total does for W float lanes (lane j plus
  * lane j + W/2, down to one, then in float64 plus 0), for the W vectors of v (k < W) at
  * once: the same additions, several channels per instruction (backward sums of channels
@@ -662,19 +712,18 @@ static inline ptrdiff_t gn_head_##SUF(const ST *p, ptrdiff_t n)                 
     return k < n ? k : n;                                                                 \
 }                                                                                         \
                                                                                           \
-/* The W lanes of a pairwise (lane j plus lane j + W/2, and so on down to one), then in   \
- * float64 plus tail. */                                                                  \
+/* The W lanes of a as gn_fold adds them, then in float64 plus tail. */                   \
 static inline double gn_lanes_total_##SUF(VT a, double tail)                              \
 {                                                                                         \
-    CT v[W];                                                                              \
-    int j, width = W;                                                                     \
-    memcpy(v, &a, sizeof a);                                                              \
-    while (width > 1) {                                                                   \
-        width /= 2;                                                                       \
-        for (j = 0; j < width; j++)                                                       \
-            v[j] += v[j + width];                                                         \
+    if (sizeof(CT) == 4) {                                                                \
+        gn_vf32 v;                                                                        \
+        memcpy(&v, &a, sizeof v);                                                         \
+        return (double)gn_fold_f32(v) + tail;                                             \
+    } else {                                                                              \
+        gn_vf64 v;                                                                        \
+        memcpy(&v, &a, sizeof v);                                                         \
+        return gn_fold_f64(v) + tail;                                                     \
     }                                                                                     \
-    return (double)v[0] + tail;                                                           \
 }                                                                                         \
                                                                                           \
 /* (a0 + a1) + (a2 + a3), then its lanes as gn_lanes_total. */                            \
