@@ -117,6 +117,8 @@ cdef extern from "_simd.h" nogil:
     void gn_pair_grad_x_bf16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t Cg,
         Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
         const float* w, const float* bias, float c1, float c0, int act, int stream)
+    void gn_merge_channels(double* run_mean, double* run_m2, const double* mean,
+                           const double* m2, Py_ssize_t n, double f, double h)
     void gn_rows_moments_f32(const float* x, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t stride,
                              double* mean, double* m2)
     void gn_rows_moments_f64(const double* x, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t stride,
@@ -632,7 +634,7 @@ cdef void channel_moments_nhwc(const char* x, const char* res, char* s, const La
     na * nb / n are computed once per chunk and the loop over channels is division-free.
     With a residual, s = x + residual is written as the chunks are read."""
     cdef Py_ssize_t j, c, r, r0, width = c1 - c0
-    cdef double n_run = 0, rows, f, h, d
+    cdef double n_run = 0, rows, f
     cdef const char* src
     cdef Py_ssize_t srcN, srcs
     for j in range(L.row_chunks):
@@ -656,11 +658,8 @@ cdef void channel_moments_nhwc(const char* x, const char* res, char* s, const La
                 run[L.C + c] = chunk[L.C + c]
         else:
             f = rows / (n_run + rows)
-            h = n_run * f
-            for c in range(c0, c1):
-                d = chunk[c] - run[c]
-                run[c] = run[c] + d * f
-                run[L.C + c] = run[L.C + c] + chunk[L.C + c] + d * d * h
+            gn_merge_channels(run + c0, run + L.C + c0, chunk + c0, chunk + L.C + c0, width, f,
+                              n_run * f)
         n_run = n_run + rows
 
 

@@ -585,6 +585,49 @@ static inline double gn_fold_f64(gn_vf64 v) { GN_FOLD_LANES(double, GN_W64, v) }
 #undef GN_FOLD_LANES
 #endif
 
+/* Per lane, in float64: mean = k + s / n and m2 = q - s * s / n (a channels-last chunk's
+ * moments of W channels around their shifts k), the same operations as one lane at a
+ * time: on AMD Zen 5, scalar ones per channel and row chunk were a third of the
+ * channels-last moments' time. */
+static inline void gn_moments_lanes_f64(gn_vf64 k, gn_vf64 s, gn_vf64 q, double n,
+                                        double *mean, double *m2)
+{
+    const gn_vf64 vn = (gn_vf64){0} + n;
+    gn_vstore_f64(mean, k + s / vn);
+    gn_vstore_f64(m2, q - s * s / vn);
+}
+
+static inline void gn_moments_lanes_f32(gn_vf32 k, gn_vf32 s, gn_vf32 q, double n,
+                                        double *mean, double *m2)
+{
+    typedef float half __attribute__((vector_size(GN_VBYTES / 2)));
+    half h[6];
+    int j;
+    memcpy(h, &k, sizeof k);
+    memcpy(h + 2, &s, sizeof s);
+    memcpy(h + 4, &q, sizeof q);
+    for (j = 0; j < 2; j++)
+        gn_moments_lanes_f64(__builtin_convertvector(h[j], gn_vf64),
+                             __builtin_convertvector(h[2 + j], gn_vf64),
+                             __builtin_convertvector(h[4 + j], gn_vf64), n,
+                             mean + j * GN_W64, m2 + j * GN_W64);
+}
+
+/* Chan's merge of a chunk's per-channel (mean, m2) into running ones, channel by channel,
+ * all with the same counts: f = n_chunk / (n_run + n_chunk), h = n_run * f. */
+static inline void gn_merge_channels(double *restrict run_mean, double *restrict run_m2,
+                                     const double *restrict mean, const double *restrict m2,
+                                     ptrdiff_t n, double f, double h)
+{
+    ptrdiff_t c;
+    double d;
+    for (c = 0; c < n; c++) {
+        d = mean[c] - run_mean[c];
+        run_mean[c] = run_mean[c] + d * f;
+        run_m2[c] = run_m2[c] + m2[c] + d * d * h;
+    }
+}
+
 /* out[k] = the lanes of v[k] totalled as gn_lanes_total does for W float lanes (lane j plus
  * lane j + W/2, down to one, then in float64 plus 0), for the W vectors of v (k < W) at
  * once: the same additions, several channels per instruction (backward sums of channels
@@ -1089,6 +1132,22 @@ static inline void gn_lanes_out_##SUF(VT k, VT s, VT q, ptrdiff_t width, ptrdiff
 {                                                                                         \
     CT ks[W], ss[W], qs[W];                                                               \
     ptrdiff_t j;                                                                          \
+    if (width == W && sizeof(CT) == 4) {                                                  \
+        gn_vf32 v[3];                                                                     \
+        memcpy(v, &k, sizeof k);                                                          \
+        memcpy(v + 1, &s, sizeof s);                                                      \
+        memcpy(v + 2, &q, sizeof q);                                                      \
+        gn_moments_lanes_f32(v[0], v[1], v[2], (double)rows, mean, m2);                   \
+        return;                                                                           \
+    }                                                                                     \
+    if (width == W) {                                                                     \
+        gn_vf64 v[3];                                                                     \
+        memcpy(v, &k, sizeof k);                                                          \
+        memcpy(v + 1, &s, sizeof s);                                                      \
+        memcpy(v + 2, &q, sizeof q);                                                      \
+        gn_moments_lanes_f64(v[0], v[1], v[2], (double)rows, mean, m2);                   \
+        return;                                                                           \
+    }                                                                                     \
     memcpy(ks, &k, sizeof ks);                                                            \
     memcpy(ss, &s, sizeof ss);                                                            \
     memcpy(qs, &q, sizeof qs);                                                            \
