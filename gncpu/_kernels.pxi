@@ -74,13 +74,17 @@ cdef extern from "_simd.h" nogil:
                              Py_ssize_t xs, Py_ssize_t ys, float m, double r, const float* w,
                              const float* bias, int act)
     void gn_grad_sums_f32(const float* dy, const float* x, Py_ssize_t n, float m, float a,
-                          float b, int act, double* out)
+                          float b, int act, float* gs,
+                          double* out)
     void gn_grad_sums_f64(const double* dy, const double* x, Py_ssize_t n, double m, double a,
-                          double b, int act, double* out)
+                          double b, int act, double* gs,
+                          double* out)
     void gn_grad_sums_f16(const uint16_t* dy, const uint16_t* x, Py_ssize_t n, float m, float a,
-                          float b, int act, double* out)
+                          float b, int act, uint16_t* gs,
+                          double* out)
     void gn_grad_sums_bf16(const uint16_t* dy, const uint16_t* x, Py_ssize_t n, float m,
-                           float a, float b, int act, double* out)
+                           float a, float b, int act, uint16_t* gs,
+                           double* out)
     void gn_grad_x_f32(const float* dy, const float* x, float* dx, Py_ssize_t n, float m,
                        float a, float b, float c1, float c0, int act, int stream)
     void gn_grad_x_f64(const double* dy, const double* x, double* dx, Py_ssize_t n, double m,
@@ -92,28 +96,32 @@ cdef extern from "_simd.h" nogil:
     void gn_pair_grad_sums_f32(const float* dy, const float* x, Py_ssize_t Cg,
         Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, Py_ssize_t span,
         float m, double r,
-        const float* w, const float* bias, int act, double* db, double* ds)
+        const float* w, const float* bias, int act, float* gs, Py_ssize_t gss,
+        double* db, double* ds)
     void gn_pair_grad_x_f32(const float* dy, const float* x, float* dx, Py_ssize_t Cg,
         Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
         const float* w, const float* bias, float c1, float c0, int act, int stream)
     void gn_pair_grad_sums_f64(const double* dy, const double* x, Py_ssize_t Cg,
         Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, Py_ssize_t span,
         double m, double r,
-        const double* w, const double* bias, int act, double* db, double* ds)
+        const double* w, const double* bias, int act, double* gs, Py_ssize_t gss,
+        double* db, double* ds)
     void gn_pair_grad_x_f64(const double* dy, const double* x, double* dx, Py_ssize_t Cg,
         Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, double m, double r,
         const double* w, const double* bias, double c1, double c0, int act, int stream)
     void gn_pair_grad_sums_f16(const uint16_t* dy, const uint16_t* x, Py_ssize_t Cg,
         Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, Py_ssize_t span,
         float m, double r,
-        const float* w, const float* bias, int act, double* db, double* ds)
+        const float* w, const float* bias, int act, uint16_t* gs, Py_ssize_t gss,
+        double* db, double* ds)
     void gn_pair_grad_x_f16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t Cg,
         Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
         const float* w, const float* bias, float c1, float c0, int act, int stream)
     void gn_pair_grad_sums_bf16(const uint16_t* dy, const uint16_t* x, Py_ssize_t Cg,
         Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t chunk, Py_ssize_t span,
         float m, double r,
-        const float* w, const float* bias, int act, double* db, double* ds)
+        const float* w, const float* bias, int act, uint16_t* gs, Py_ssize_t gss,
+        double* db, double* ds)
     void gn_pair_grad_x_bf16(const uint16_t* dy, const uint16_t* x, uint16_t* dx, Py_ssize_t Cg,
         Py_ssize_t S, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs, float m, double r,
         const float* w, const float* bias, float c1, float c0, int act, int stream)
@@ -265,8 +273,10 @@ cdef struct Layout:
     # the group is contiguous and whole-group runs are allowed, else one per channel).
     # Channels-last: a sample is cut into row chunks of ROW_CHUNK rows.
     Py_ssize_t rows, row_len, row_chunks
-    # Backward, channels-first: grad_x written with non-temporal stores (see STREAM_BYTES).
-    bint stream
+    # Backward, channels-first: grad_x written with non-temporal stores (see STREAM_BYTES);
+    # with an activation and float32/float64 storage, g is kept in grad_x by the sums and
+    # read back by the grad_x pass (see gn_pair_grad_sums).
+    bint stream, keep_g
 
 
 cdef Layout make_layout(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t G, int st,
@@ -278,6 +288,7 @@ cdef Layout make_layout(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t G, 
     L.xsN = xsN; L.xs = xs
     L.ysN = 0; L.ys = 0; L.dsN = 0; L.ds = 0; L.rsN = 0; L.rs = 0; L.ssN = 0; L.ss = 0
     L.stream = False
+    L.keep_g = False
     if last:
         L.rows = S
         L.row_len = C
@@ -364,60 +375,73 @@ cdef inline void pair_affine(const char* x, char* y, Py_ssize_t xs, const Layout
                             L.act)
 
 
-cdef inline void grad_sums(const char* dy, const char* x, Py_ssize_t n, const Layout* L,
-                           real m, real a, real b, double* out) noexcept nogil:
-    """out = [sum(g), sum(g * (x - m))], g = dy * act'((x - m) * a + b)."""
+cdef inline void grad_sums(const char* dy, const char* x, char* dx, Py_ssize_t n,
+                           const Layout* L, real m, real a, real b, double* out) noexcept nogil:
+    """out = [sum(g), sum(g * (x - m))], g = dy * act'((x - m) * a + b); g kept in dx if
+    L.keep_g."""
     if real is double:
-        gn_grad_sums_f64(<const double*>dy, <const double*>x, n, m, a, b, L.act, out)
+        gn_grad_sums_f64(<const double*>dy, <const double*>x, n, m, a, b, L.act,
+                         <double*>dx if L.keep_g else NULL, out)
     elif L.st == ST_F32:
-        gn_grad_sums_f32(<const float*>dy, <const float*>x, n, m, a, b, L.act, out)
+        gn_grad_sums_f32(<const float*>dy, <const float*>x, n, m, a, b, L.act,
+                         <float*>dx if L.keep_g else NULL, out)
     elif L.st == ST_F16:
-        gn_grad_sums_f16(<const uint16_t*>dy, <const uint16_t*>x, n, m, a, b, L.act, out)
+        gn_grad_sums_f16(<const uint16_t*>dy, <const uint16_t*>x, n, m, a, b, L.act, NULL, out)
     else:
-        gn_grad_sums_bf16(<const uint16_t*>dy, <const uint16_t*>x, n, m, a, b, L.act, out)
+        gn_grad_sums_bf16(<const uint16_t*>dy, <const uint16_t*>x, n, m, a, b, L.act, NULL,
+                          out)
 
 
 cdef inline void grad_x(const char* dy, const char* x, char* dx, Py_ssize_t n, const Layout* L,
                         real m, real a, real b, real c1, real c0) noexcept nogil:
-    """dx = a * g + (c1 * (x - m) + c0), with non-temporal stores if L.stream."""
+    """dx = a * g + (c1 * (x - m) + c0), with non-temporal stores if L.stream; g read from dx
+    if L.keep_g."""
+    cdef int act = GN_ACT_NONE if L.keep_g else L.act
+    if L.keep_g:
+        dy = dx
     if real is double:
         gn_grad_x_f64(<const double*>dy, <const double*>x, <double*>dx, n, m, a, b, c1, c0,
-                      L.act, L.stream)
+                      act, L.stream)
     elif L.st == ST_F32:
-        gn_grad_x_f32(<const float*>dy, <const float*>x, <float*>dx, n, m, a, b, c1, c0, L.act,
+        gn_grad_x_f32(<const float*>dy, <const float*>x, <float*>dx, n, m, a, b, c1, c0, act,
                       L.stream)
     elif L.st == ST_F16:
         gn_grad_x_f16(<const uint16_t*>dy, <const uint16_t*>x, <uint16_t*>dx, n, m, a, b, c1,
-                      c0, L.act, L.stream)
+                      c0, act, L.stream)
     else:
         gn_grad_x_bf16(<const uint16_t*>dy, <const uint16_t*>x, <uint16_t*>dx, n, m, a, b, c1,
-                       c0, L.act, L.stream)
+                       c0, act, L.stream)
 
 
-cdef inline void pair_grad_sums(const char* dy, const char* x, const Layout* L, real m,
-                                double r, const real* w, const real* bias, double* db,
+cdef inline void pair_grad_sums(const char* dy, const char* x, char* dx, const Layout* L,
+                                real m, double r, const real* w, const real* bias, double* db,
                                 double* ds) noexcept nogil:
     """gn_pair_grad_sums over the Cg channels starting at dy, x (chunks of CHUNK, spans of
-    span_chunks(row_chunks) chunks)."""
+    span_chunks(row_chunks) chunks); g kept in dx if L.keep_g."""
     cdef Py_ssize_t span_len = span_chunks(L.row_chunks) * CHUNK
     if real is double:
         gn_pair_grad_sums_f64(<const double*>dy, <const double*>x, L.Cg, L.S, L.ds, L.xs, CHUNK,
-                              span_len, m, r, w, bias, L.act, db, ds)
+                              span_len, m, r, w, bias, L.act,
+                              <double*>dx if L.keep_g else NULL, L.ys, db, ds)
     elif L.st == ST_F32:
         gn_pair_grad_sums_f32(<const float*>dy, <const float*>x, L.Cg, L.S, L.ds, L.xs, CHUNK,
-                              span_len, m, r, w, bias, L.act, db, ds)
+                              span_len, m, r, w, bias, L.act,
+                              <float*>dx if L.keep_g else NULL, L.ys, db, ds)
     elif L.st == ST_F16:
         gn_pair_grad_sums_f16(<const uint16_t*>dy, <const uint16_t*>x, L.Cg, L.S, L.ds, L.xs,
-                              CHUNK, span_len, m, r, w, bias, L.act, db, ds)
+                              CHUNK, span_len, m, r, w, bias, L.act, NULL, 0, db, ds)
     else:
         gn_pair_grad_sums_bf16(<const uint16_t*>dy, <const uint16_t*>x, L.Cg, L.S, L.ds, L.xs,
-                               CHUNK, span_len, m, r, w, bias, L.act, db, ds)
+                               CHUNK, span_len, m, r, w, bias, L.act, NULL, 0, db, ds)
 
 
 cdef inline void pair_grad_x(const char* dy, const char* x, char* dx, const Layout* L, real m,
                              double r, const real* w, const real* bias, real c1,
                              real c0) noexcept nogil:
-    """gn_pair_grad_x over the Cg channels starting at dy, x, dx."""
+    """gn_pair_grad_x over the Cg channels starting at dy, x, dx; g read from dx if
+    L.keep_g."""
+    if L.keep_g:
+        dy = NULL
     if real is double:
         gn_pair_grad_x_f64(<const double*>dy, <const double*>x, <double*>dx, L.Cg, L.S, L.ds,
                            L.xs, L.ys, m, r, w, bias, c1, c0, L.act, L.stream)
@@ -812,7 +836,7 @@ cdef inline real scale_of(const Layout* L, Py_ssize_t c, Py_ssize_t p, const rea
     return <real>((1.0 if weight == NULL else <double>weight[c]) * <double>rstd[p])
 
 
-cdef inline void channel_span_sums(const char* dy, const char* x, const Layout* L,
+cdef inline void channel_span_sums(const char* dy, const char* x, char* dx, const Layout* L,
                                    Py_ssize_t nc, Py_ssize_t t, const real* mean,
                                    const real* rstd, const real* weight, const real* bias,
                                    double* out) noexcept nogil:
@@ -826,7 +850,8 @@ cdef inline void channel_span_sums(const char* dy, const char* x, const Layout* 
     for j in range(t * per, min(L.row_chunks, (t + 1) * per)):
         start = j * CHUNK
         grad_sums(at(dy, i * L.dsN + c * L.ds + start, L),
-                  at(x, i * L.xsN + c * L.xs + start, L), min(CHUNK, L.S - start), L,
+                  at(x, i * L.xsN + c * L.xs + start, L),
+                  at(dx, i * L.ysN + c * L.ys + start, L), min(CHUNK, L.S - start), L,
                   mean[p], scale_of(L, c, p, rstd, weight), 0 if bias == NULL else bias[c],
                   part)
         out[0] = out[0] + part[0]
@@ -855,8 +880,9 @@ cdef void backward_pair(const char* dy, const char* x, char* dx, const Layout* L
     cdef Py_ssize_t i = p // L.G, c0 = (p % L.G) * L.Cg
     cdef const real* w = NULL if weight == NULL else weight + c0
     cdef const real* b = NULL if bias == NULL else bias + c0
-    pair_grad_sums(at(dy, i * L.dsN + c0 * L.ds, L), at(x, i * L.xsN + c0 * L.xs, L), L,
-                   mean[p], <double>rstd[p], w, b, db + i * L.C + c0, ds + i * L.C + c0)
+    pair_grad_sums(at(dy, i * L.dsN + c0 * L.ds, L), at(x, i * L.xsN + c0 * L.xs, L),
+                   at(dx, i * L.ysN + c0 * L.ys, L), L, mean[p], <double>rstd[p], w, b,
+                   db + i * L.C + c0, ds + i * L.C + c0)
     pair_terms(L, p, rstd, weight, db, ds, terms)
     pair_grad_x(at(dy, i * L.dsN + c0 * L.ds, L), at(x, i * L.xsN + c0 * L.xs, L),
                 at(dx, i * L.ysN + c0 * L.ys, L), L, mean[p], <double>rstd[p], w, b,
@@ -883,7 +909,7 @@ cdef void backward_nchw(const char* dy, const char* x, char* dx, const Layout* L
                 backward_pair(dy, x, dx, L, p, mean, rstd, weight, bias, db, ds, terms)
         return
     for i in prange(L.N * L.C * spans, schedule='static', num_threads=threads):
-        channel_span_sums(dy, x, L, i // spans, i % spans, mean, rstd, weight, bias,
+        channel_span_sums(dy, x, dx, L, i // spans, i % spans, mean, rstd, weight, bias,
                           &parts[2 * i])
     for i in range(L.N * L.C):
         a = 0
@@ -1694,9 +1720,11 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
     kernel_strides(dx3, last, &L.ysN, &L.ys)
     threads = plan_threads(num_threads, N * C * S)
     if not last:
-        L.stream = ((N * C * S * L.item >= STREAM_BYTES and S * L.item >= STREAM_RUN_BYTES)
-                    or (N * C * S * L.item >= STREAM_LONG_BYTES
-                        and S * L.item >= STREAM_LONG_RUN_BYTES))
+        # With g kept in grad_x, its lines are already in cache when grad_x is written.
+        L.keep_g = act != GN_ACT_NONE and (st == ST_F32 or st == ST_F64)
+        L.stream = not L.keep_g and (
+            (N * C * S * L.item >= STREAM_BYTES and S * L.item >= STREAM_RUN_BYTES)
+            or (N * C * S * L.item >= STREAM_LONG_BYTES and S * L.item >= STREAM_LONG_RUN_BYTES))
         split = threads > 1 and N * G < 2 * threads
         chunks = 2 * N * C * span_count(L.row_chunks) if split else 0
     else:

@@ -907,7 +907,8 @@ static inline VT gn_pre_grad_##SUF(VT dy, VT xc, VT va, VT vb, int act)         
  * no copying through the stack. Inlined into one copy per activation below, so the      \
  * copy without one keeps its 8 accumulators in registers. */                             \
 static inline __attribute__((always_inline)) void gn_grad_sums_loop_##SUF(                \
-    const ST *dy, const ST *x, ptrdiff_t n, VT vm, VT va, VT vb, int act, VT *sums)       \
+    const ST *dy, const ST *x, ptrdiff_t n, VT vm, VT va, VT vb, int act, ST *gs,         \
+    VT *sums)                                                                             \
 {                                                                                         \
     VT a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                            \
     VT b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                                            \
@@ -918,24 +919,29 @@ static inline __attribute__((always_inline)) void gn_grad_sums_loop_##SUF(      
         xc = gn_vload_minus_##SUF(x + i, vm);                                             \
         g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + i), xc, va, vb, act);                   \
         GN_KEEP(g);                                                                       \
+        if (gs != NULL) gn_vstore_##SUF(gs + i, g);                                       \
         a0 += g; b0 = VFMA(g, xc, b0);                                                    \
         xc = gn_vload_minus_##SUF(x + i + W, vm);                                         \
         g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + i + W), xc, va, vb, act);               \
         GN_KEEP(g);                                                                       \
+        if (gs != NULL) gn_vstore_##SUF(gs + i + W, g);                                   \
         a1 += g; b1 = VFMA(g, xc, b1);                                                    \
         xc = gn_vload_minus_##SUF(x + i + 2 * W, vm);                                     \
         g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + i + 2 * W), xc, va, vb, act);           \
         GN_KEEP(g);                                                                       \
+        if (gs != NULL) gn_vstore_##SUF(gs + i + 2 * W, g);                               \
         a2 += g; b2 = VFMA(g, xc, b2);                                                    \
         xc = gn_vload_minus_##SUF(x + i + 3 * W, vm);                                     \
         g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + i + 3 * W), xc, va, vb, act);           \
         GN_KEEP(g);                                                                       \
+        if (gs != NULL) gn_vstore_##SUF(gs + i + 3 * W, g);                               \
         a3 += g; b3 = VFMA(g, xc, b3);                                                    \
     }                                                                                     \
     for (; i + W <= n; i += W) {                                                          \
         xc = gn_vload_minus_##SUF(x + i, vm);                                             \
         g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + i), xc, va, vb, act);                   \
         GN_KEEP(g);                                                                       \
+        if (gs != NULL) gn_vstore_##SUF(gs + i, g);                                       \
         a0 += g; b0 = VFMA(g, xc, b0);                                                    \
     }                                                                                     \
     if (i < n && n >= W) {                                                                \
@@ -943,12 +949,15 @@ static inline __attribute__((always_inline)) void gn_grad_sums_loop_##SUF(      
             lane[j] = (CT)j;                                                              \
         xc = gn_vload_minus_##SUF(x + n - W, vm);                                         \
         g = gn_pre_grad_##SUF(gn_vload_##SUF(dy + n - W), xc, va, vb, act);               \
+        if (gs != NULL) gn_vstore_##SUF(gs + n - W, g);                                   \
         xc = SELECT(lane >= (CT)(W - (n - i)), xc, (VT){0});                              \
         g = SELECT(lane >= (CT)(W - (n - i)), g, (VT){0});                                \
         a1 += g; b1 = VFMA(g, xc, b1);                                                    \
     } else if (i < n) {              /* padded dy is 0, so padded lanes add 0 */          \
         xc = gn_center_##SUF(gn_vload_part_##SUF(x + i, n - i), vm);                      \
         g = gn_pre_grad_##SUF(gn_vload_part_##SUF(dy + i, n - i), xc, va, vb, act);       \
+        if (gs != NULL)                                                                   \
+            gn_vstore_part_##SUF(gs + i, g, n - i);                                       \
         a1 += g; b1 = VFMA(g, xc, b1);                                                    \
     }                                                                                     \
     sums[0] = (a0 + a1) + (a2 + a3);                                                      \
@@ -957,20 +966,21 @@ static inline __attribute__((always_inline)) void gn_grad_sums_loop_##SUF(      
                                                                                           \
 /* gn_grad_sums_loop with a copy of its own for no activation. */                        \
 static inline __attribute__((always_inline)) void gn_grad_sums_act_##SUF(                 \
-    const ST *dy, const ST *x, ptrdiff_t n, VT vm, VT va, VT vb, int act, VT *sums)       \
+    const ST *dy, const ST *x, ptrdiff_t n, VT vm, VT va, VT vb, int act, ST *gs,         \
+    VT *sums)                                                                             \
 {                                                                                         \
     if (act == GN_ACT_NONE)                                                               \
-        gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, GN_ACT_NONE, sums);                 \
+        gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, GN_ACT_NONE, NULL, sums);           \
     else                                                                                  \
-        gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, act, sums);                         \
+        gn_grad_sums_loop_##SUF(dy, x, n, vm, va, vb, act, gs, sums);                     \
 }                                                                                         \
                                                                                           \
 static inline void gn_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t n, CT m, CT a,  \
-                                      CT b, int act, double *out)                         \
+                                      CT b, int act, ST *gs, double *out)                 \
 {                                                                                         \
     VT sums[2];                                                                           \
     gn_grad_sums_act_##SUF(dy, x, n, gn_splat_##SUF(m), gn_splat_##SUF(a),                \
-                           gn_splat_##SUF(b), act, sums);                                 \
+                           gn_splat_##SUF(b), act, gs, sums);                             \
     out[0] = gn_lanes_total_##SUF(sums[0], 0);                                            \
     out[1] = gn_lanes_total_##SUF(sums[1], 0);                                            \
 }                                                                                         \
@@ -985,35 +995,39 @@ static inline VT gn_grad_x_vec_##SUF(VT dy, VT x, VT vm, VT va, VT vb, VT v1, VT
                                                                                           \
 /* With n >= W, only whole vectors: one unaligned at the start, aligned ones from the     \
  * first aligned element, one ending at n. Overlapping lanes are written twice with the   \
- * same value (every lane computes alike), so no partial vector goes through the stack.   \
- * stream: the aligned ones as non-temporal stores. */                                    \
+ * same value (every lane computes alike), so no partial vector goes through the stack;   \
+ * the first and last are computed before any store, so dy may be dx (g kept there by     \
+ * the sums). stream: the aligned ones as non-temporal stores. */                         \
 static inline __attribute__((always_inline)) void gn_grad_x_loop_##SUF(                   \
     const ST *dy, const ST *x, ST *dx, ptrdiff_t n, VT vm, VT va, VT vb, VT v1, VT v0,    \
     int act, int stream)                                                                  \
 {                                                                                         \
+    const ptrdiff_t head = n < W ? 0 : gn_head_##SUF(dx, n);                              \
     ptrdiff_t i;                                                                          \
+    VT first, last;                                                                       \
     if (n < W) {                                                                          \
         gn_vstore_part_##SUF(dx, gn_grad_x_vec_##SUF(gn_vload_part_##SUF(dy, n),          \
             gn_vload_part_##SUF(x, n), vm, va, vb, v1, v0, act), n);                      \
         return;                                                                           \
     }                                                                                     \
-    i = gn_head_##SUF(dx, n);                                                             \
-    if (i > 0)                                                                            \
-        gn_vstore_##SUF(dx, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy), gn_vload_##SUF(x), vm,\
-                                                va, vb, v1, v0, act));                    \
+    first = gn_grad_x_vec_##SUF(gn_vload_##SUF(dy), gn_vload_##SUF(x), vm, va, vb, v1, v0,\
+                                act);                                                     \
+    last = gn_grad_x_vec_##SUF(gn_vload_##SUF(dy + n - W), gn_vload_##SUF(x + n - W), vm, \
+                               va, vb, v1, v0, act);                                      \
     if (stream) {                                                                         \
-        for (; i + W <= n; i += W)                                                        \
+        for (i = head; i + W <= n; i += W)                                                \
             gn_vstream_##SUF(dx + i, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy + i),          \
                 gn_vload_##SUF(x + i), vm, va, vb, v1, v0, act));                         \
         gn_stream_fence();                                                                \
     } else {                                                                              \
-        for (; i + W <= n; i += W)                                                        \
+        for (i = head; i + W <= n; i += W)                                                \
             gn_vstore_##SUF(dx + i, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy + i),           \
                 gn_vload_##SUF(x + i), vm, va, vb, v1, v0, act));                         \
     }                                                                                     \
+    if (head > 0)                                                                         \
+        gn_vstore_##SUF(dx, first);                                                       \
     if (i < n)                                                                            \
-        gn_vstore_##SUF(dx + n - W, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy + n - W),       \
-            gn_vload_##SUF(x + n - W), vm, va, vb, v1, v0, act));                         \
+        gn_vstore_##SUF(dx + n - W, last);                                                \
 }                                                                                         \
                                                                                           \
 static inline void gn_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t n, CT m,  \
@@ -1032,7 +1046,10 @@ static inline void gn_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t 
  * b_k = bias_k (NULL: 0). Sums: each channel is cut into spans of `span` elements, spans \
  * into chunks of `chunk`; the chunks' gn_grad_sums are added in order in float64 per     \
  * span, the spans' sums in order per channel, so a caller summing spans in parallel gets \
- * the same bits. */                                                                      \
+ * the same bits. With an activation g costs an exp and a division per element: gs (not   \
+ * NULL, storage of the compute type) keeps each g as it is summed, channel k at          \
+ * gs + k * gss, and gn_pair_grad_x with dy NULL reads it back from dx instead of         \
+ * computing it again (the same values, so the same bits). */                             \
 static inline CT gn_scale_##SUF(const CT *w, ptrdiff_t k, double r)                       \
 {                                                                                         \
     return (CT)((w == NULL ? 1.0 : (double)w[k]) * r);                                    \
@@ -1041,16 +1058,17 @@ static inline CT gn_scale_##SUF(const CT *w, ptrdiff_t k, double r)             
 /* The sums of n elements of channel k, with its a_k and b_k. */                          \
 static inline __attribute__((always_inline)) void gn_channel_sums_##SUF(                  \
     const ST *dy, const ST *x, ptrdiff_t n, VT vm, const CT *w, const CT *bias,           \
-    ptrdiff_t k, double r, int act, VT *sums)                                             \
+    ptrdiff_t k, double r, int act, ST *gs, VT *sums)                                     \
 {                                                                                         \
     gn_grad_sums_act_##SUF(dy, x, n, vm, gn_splat_##SUF(gn_scale_##SUF(w, k, r)),         \
-                           gn_splat_##SUF(bias == NULL ? (CT)0 : bias[k]), act, sums);    \
+                           gn_splat_##SUF(bias == NULL ? (CT)0 : bias[k]), act, gs, sums);\
 }                                                                                         \
                                                                                           \
 static void gn_pair_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t Cg, ptrdiff_t S, \
                                     ptrdiff_t dys, ptrdiff_t xs, ptrdiff_t chunk,         \
                                     ptrdiff_t span, CT m, double r, const CT *w,          \
-                                    const CT *bias, int act, double *db, double *ds)      \
+                                    const CT *bias, int act, ST *gs, ptrdiff_t gss,       \
+                                    double *db, double *ds)                               \
 {                                                                                         \
     const VT vm = gn_splat_##SUF(m);                                                      \
     VT sums[2];                                                                           \
@@ -1062,7 +1080,8 @@ static void gn_pair_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t Cg, ptr
                 VT a[W], b[W];                                                            \
                 for (j = 0; j < W; j++) {                                                 \
                     gn_channel_sums_##SUF(dy + (k + j) * dys, x + (k + j) * xs, S, vm, w, \
-                                          bias, k + j, r, act, sums);                     \
+                                          bias, k + j, r, act,                            \
+                                          gs == NULL ? NULL : gs + (k + j) * gss, sums);  \
                     a[j] = sums[0];                                                       \
                     b[j] = sums[1];                                                       \
                 }                                                                         \
@@ -1071,7 +1090,7 @@ static void gn_pair_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t Cg, ptr
             }                                                                             \
         for (; k < Cg; k++) {                                                             \
             gn_channel_sums_##SUF(dy + k * dys, x + k * xs, S, vm, w, bias, k, r, act,    \
-                                  sums);                                                  \
+                                  gs == NULL ? NULL : gs + k * gss, sums);                \
             db[k] = gn_lanes_total_##SUF(sums[0], 0);                                     \
             ds[k] = gn_lanes_total_##SUF(sums[1], 0);                                     \
         }                                                                                 \
@@ -1087,7 +1106,7 @@ static void gn_pair_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t Cg, ptr
             for (; j < end; j += chunk) {                                                 \
                 gn_channel_sums_##SUF(dy + k * dys + j, x + k * xs + j,                   \
                                       end - j < chunk ? end - j : chunk, vm, w, bias, k,  \
-                                      r, act, sums);                                      \
+                                      r, act, gs == NULL ? NULL : gs + k * gss + j, sums);\
                 ta = ta + gn_lanes_total_##SUF(sums[0], 0);                               \
                 tb = tb + gn_lanes_total_##SUF(sums[1], 0);                               \
             }                                                                             \
@@ -1106,9 +1125,10 @@ static void gn_pair_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t Cg
 {                                                                                         \
     ptrdiff_t k;                                                                          \
     for (k = 0; k < Cg; k++)                                                              \
-        gn_grad_x_##SUF(dy + k * dys, x + k * xs, dx + k * dxs, S, m,                     \
-                        gn_scale_##SUF(w, k, r), bias == NULL ? (CT)0 : bias[k], c1, c0,  \
-                        act, stream);                                                     \
+        gn_grad_x_##SUF(dy == NULL ? dx + k * dxs : dy + k * dys, x + k * xs,             \
+                        dx + k * dxs, S, m, gn_scale_##SUF(w, k, r),                      \
+                        bias == NULL ? (CT)0 : bias[k], c1, c0, dy == NULL ? GN_ACT_NONE  \
+                        : act, stream);                                                   \
 }                                                                                         \
                                                                                           \
 /* gn_affine over Cg channels of S elements, channel k at x + k * xs and y + k * ys, with  \

@@ -644,9 +644,10 @@ def test_out_wrong_shape_or_read_only(dtype):
 # (dtype, channel_axis, activation, residual)
 PATHS = [("float32", -1, None, False), ("float64", -1, "relu", False),
          ("float16", -1, "silu", True), ("bfloat16", -1, "silu", False),
-         ("float32", 1, "relu", True), ("float16", 1, "silu", False)]
+         ("float32", 1, "relu", True), ("float16", 1, "silu", False),
+         ("float64", 1, "silu", False)]
 PATH_IDS = ["nhwc-f32", "nhwc-f64-relu", "nhwc-f16-silu-res", "nhwc-bf16-silu",
-            "nchw-f32-relu-res", "nchw-f16-silu"]
+            "nchw-f32-relu-res", "nchw-f16-silu", "nchw-f64-silu"]
 
 
 def path_inputs(rng, shape, path):
