@@ -1,10 +1,7 @@
 """gncpu: fast, deterministic Group Normalization on the CPU.
 
 The kernels are compiled three times on x86-64 (baseline, x86-64-v3 with AVX2/FMA/F16C and
-x86-64-v4 with AVX-512). The forward pass runs the widest one this CPU can run; the backward
-pass runs the widest up to x86-64-v3, which was the faster of the two there on AMD Zen 5
-(x86-64-v4's backward took 1.2x as long on (8,256,56,56) and (2,1280,8,8) float32, while
-its forward is as fast and 1.5x faster with SiLU fused).
+x86-64-v4 with AVX-512); both passes run the widest one this CPU can run.
 """
 import importlib
 
@@ -26,10 +23,9 @@ def _widest_kernels(levels):
 
 
 _kernels = _widest_kernels(_LEVELS)
-_backward_kernels = _widest_kernels(_LEVELS[1:])
 
 group_norm = _kernels.group_norm
-group_norm_backward = _backward_kernels.group_norm_backward
+group_norm_backward = _kernels.group_norm_backward
 
 
 def build_info():
@@ -40,11 +36,9 @@ def build_info():
     dict
         ``openmp``: whether the kernels were compiled with OpenMP; ``max_threads``: the
         threads a call uses by default; ``simd``: the instruction set of the kernels that
-        :func:`group_norm` runs; ``simd_backward``: that of :func:`group_norm_backward`'s.
+        :func:`group_norm` and :func:`group_norm_backward` run.
     """
-    info = _kernels.build_info()
-    info["simd_backward"] = _backward_kernels.build_info()["simd"]
-    return info
+    return _kernels.build_info()
 
 
 from .layer import GroupNorm  # noqa: E402

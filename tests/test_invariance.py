@@ -128,7 +128,6 @@ def test_build_info():
     assert isinstance(info["openmp"], bool)
     assert isinstance(info["max_threads"], int) and info["max_threads"] >= 1
     assert isinstance(info["simd"], str) and info["simd"]
-    assert isinstance(info["simd_backward"], str) and info["simd_backward"]
     if not info["openmp"]:
         assert info["max_threads"] == 1, "a serial build runs on one thread"
 
