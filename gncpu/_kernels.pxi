@@ -149,19 +149,20 @@ cdef extern from "_simd.h" nogil:
                              const float* b, int act)
     void gn_rows_grad_sums_f32(const float* dy, const float* x, Py_ssize_t rows, Py_ssize_t C,
                                Py_ssize_t dys, Py_ssize_t xs, const float* m, const float* a,
-                               const float* b, int act, double* db, double* ds)
+                               const float* b, int act, float* gs, Py_ssize_t gss,
+                               double* db, double* ds)
     void gn_rows_grad_sums_f64(const double* dy, const double* x, Py_ssize_t rows,
                                Py_ssize_t C, Py_ssize_t dys, Py_ssize_t xs, const double* m,
-                               const double* a, const double* b, int act, double* db,
-                               double* ds)
+                               const double* a, const double* b, int act, double* gs,
+                               Py_ssize_t gss, double* db, double* ds)
     void gn_rows_grad_sums_f16(const uint16_t* dy, const uint16_t* x, Py_ssize_t rows,
                                Py_ssize_t C, Py_ssize_t dys, Py_ssize_t xs, const float* m,
-                               const float* a, const float* b, int act, double* db,
-                               double* ds)
+                               const float* a, const float* b, int act, uint16_t* gs,
+                               Py_ssize_t gss, double* db, double* ds)
     void gn_rows_grad_sums_bf16(const uint16_t* dy, const uint16_t* x, Py_ssize_t rows,
                                 Py_ssize_t C, Py_ssize_t dys, Py_ssize_t xs, const float* m,
-                                const float* a, const float* b, int act, double* db,
-                                double* ds)
+                                const float* a, const float* b, int act, uint16_t* gs,
+                                Py_ssize_t gss, double* db, double* ds)
     void gn_rows_grad_x_f32(const float* dy, const float* x, float* dx, Py_ssize_t rows,
                             Py_ssize_t C, Py_ssize_t dys, Py_ssize_t xs, Py_ssize_t dxs,
                             const float* m, const float* a, const float* b, const float* c1,
@@ -486,41 +487,47 @@ cdef inline void rows_affine(const char* x, char* y, Py_ssize_t rows, Py_ssize_t
                             L.act)
 
 
-cdef inline void rows_grad_sums(const char* dy, const char* x, Py_ssize_t rows,
+cdef inline void rows_grad_sums(const char* dy, const char* x, char* dx, Py_ssize_t rows,
                                 Py_ssize_t width, const Layout* L, const real* m,
                                 const real* a, const real* b, double* db,
                                 double* ds) noexcept nogil:
-    """Per-channel gradient sums of `width` channels over `rows` rows (gn_rows_grad_sums)."""
+    """Per-channel gradient sums of `width` channels over `rows` rows (gn_rows_grad_sums);
+    g kept in dx if L.keep_g."""
     if real is double:
         gn_rows_grad_sums_f64(<const double*>dy, <const double*>x, rows, width, L.ds, L.xs, m,
-                              a, b, L.act, db, ds)
+                              a, b, L.act, <double*>dx if L.keep_g else NULL, L.ys, db, ds)
     elif L.st == ST_F32:
         gn_rows_grad_sums_f32(<const float*>dy, <const float*>x, rows, width, L.ds, L.xs, m, a,
-                              b, L.act, db, ds)
+                              b, L.act, <float*>dx if L.keep_g else NULL, L.ys, db, ds)
     elif L.st == ST_F16:
         gn_rows_grad_sums_f16(<const uint16_t*>dy, <const uint16_t*>x, rows, width, L.ds, L.xs,
-                              m, a, b, L.act, db, ds)
+                              m, a, b, L.act, NULL, 0, db, ds)
     else:
         gn_rows_grad_sums_bf16(<const uint16_t*>dy, <const uint16_t*>x, rows, width, L.ds,
-                               L.xs, m, a, b, L.act, db, ds)
+                               L.xs, m, a, b, L.act, NULL, 0, db, ds)
 
 
 cdef inline void rows_grad_x(const char* dy, const char* x, char* dx, Py_ssize_t rows,
                              Py_ssize_t width, const Layout* L, const real* m, const real* a,
                              const real* b, const real* c1, const real* c0) noexcept nogil:
-    """grad_x over `width` channels of `rows` rows (gn_rows_grad_x)."""
+    """grad_x over `width` channels of `rows` rows (gn_rows_grad_x); g read from dx if
+    L.keep_g."""
+    cdef int act = GN_ACT_NONE if L.keep_g else L.act
+    cdef Py_ssize_t dys = L.ys if L.keep_g else L.ds
+    if L.keep_g:
+        dy = dx
     if real is double:
-        gn_rows_grad_x_f64(<const double*>dy, <const double*>x, <double*>dx, rows, width, L.ds,
-                           L.xs, L.ys, m, a, b, c1, c0, L.act)
+        gn_rows_grad_x_f64(<const double*>dy, <const double*>x, <double*>dx, rows, width, dys,
+                           L.xs, L.ys, m, a, b, c1, c0, act)
     elif L.st == ST_F32:
-        gn_rows_grad_x_f32(<const float*>dy, <const float*>x, <float*>dx, rows, width, L.ds,
-                           L.xs, L.ys, m, a, b, c1, c0, L.act)
+        gn_rows_grad_x_f32(<const float*>dy, <const float*>x, <float*>dx, rows, width, dys,
+                           L.xs, L.ys, m, a, b, c1, c0, act)
     elif L.st == ST_F16:
         gn_rows_grad_x_f16(<const uint16_t*>dy, <const uint16_t*>x, <uint16_t*>dx, rows, width,
-                           L.ds, L.xs, L.ys, m, a, b, c1, c0, L.act)
+                           dys, L.xs, L.ys, m, a, b, c1, c0, act)
     else:
         gn_rows_grad_x_bf16(<const uint16_t*>dy, <const uint16_t*>x, <uint16_t*>dx, rows, width,
-                            L.ds, L.xs, L.ys, m, a, b, c1, c0, L.act)
+                            dys, L.xs, L.ys, m, a, b, c1, c0, act)
 
 
 # ---------------------------------------------------------------------------------------
@@ -927,11 +934,11 @@ cdef void backward_nchw(const char* dy, const char* x, char* dx, const Layout* L
                              bias, terms)
 
 
-cdef void channel_sums_nhwc(const char* dy, const char* x, const Layout* L, Py_ssize_t i,
-                           Py_ssize_t c0, Py_ssize_t c1, const real* coef, double* chunk,
-                           double* db, double* ds) noexcept nogil:
+cdef void channel_sums_nhwc(const char* dy, const char* x, char* dx, const Layout* L,
+                           Py_ssize_t i, Py_ssize_t c0, Py_ssize_t c1, const real* coef,
+                           double* chunk, double* db, double* ds) noexcept nogil:
     """db = sum(g), ds = sum(g (x - m)) of channels [c0, c1) of sample i: each row chunk's
-    sums (in chunk[c], chunk[C + c]) added in chunk order."""
+    sums (in chunk[c], chunk[C + c]) added in chunk order; g kept in dx if L.keep_g."""
     cdef Py_ssize_t j, c, r0
     for c in range(c0, c1):
         db[i * L.C + c] = 0
@@ -939,7 +946,8 @@ cdef void channel_sums_nhwc(const char* dy, const char* x, const Layout* L, Py_s
     for j in range(L.row_chunks):
         r0 = j * ROW_CHUNK
         rows_grad_sums(at(dy, i * L.dsN + r0 * L.ds + c0, L),
-                       at(x, i * L.xsN + r0 * L.xs + c0, L), min(ROW_CHUNK, L.S - r0),
+                       at(x, i * L.xsN + r0 * L.xs + c0, L),
+                       at(dx, i * L.ysN + r0 * L.ys + c0, L), min(ROW_CHUNK, L.S - r0),
                        c1 - c0, L, coef + c0, coef + L.C + c0, coef + 2 * L.C + c0,
                        chunk + c0, chunk + L.C + c0)
         for c in range(c0, c1):
@@ -963,7 +971,7 @@ cdef void backward_sample_nhwc(const char* dy, const char* x, char* dx, const La
                                double* terms, double* chunk, real* coef) noexcept nogil:
     cdef Py_ssize_t g
     channel_coefficients(L, i, mean, rstd, weight, bias, coef, coef + L.C, coef + 2 * L.C)
-    channel_sums_nhwc(dy, x, L, i, 0, L.C, coef, chunk, db, ds)
+    channel_sums_nhwc(dy, x, dx, L, i, 0, L.C, coef, chunk, db, ds)
     for g in range(L.G):
         pair_terms(L, i * L.G + g, rstd, weight, db, ds, terms)
     grad_coefficients(L, i, terms, coef)
@@ -1002,7 +1010,8 @@ cdef void backward_nhwc(const char* dy, const char* x, char* dx, const Layout* L
         i = j // ranges
         c0 = range_start(L, ranges, j % ranges)
         c1 = range_start(L, ranges, j % ranges + 1)
-        channel_sums_nhwc(dy, x, L, i, c0, c1, coef + i * 5 * L.C, chunk + i * 2 * L.C, db, ds)
+        channel_sums_nhwc(dy, x, dx, L, i, c0, c1, coef + i * 5 * L.C, chunk + i * 2 * L.C, db,
+                          ds)
     for i in range(L.N):
         for g in range(L.G):
             pair_terms(L, i * L.G + g, rstd, weight, db, ds, terms)
@@ -1719,9 +1728,9 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
     dx3 = empty_like_c(arr, storage)
     kernel_strides(dx3, last, &L.ysN, &L.ys)
     threads = plan_threads(num_threads, N * C * S)
+    L.keep_g = act != GN_ACT_NONE and (st == ST_F32 or st == ST_F64)
     if not last:
         # With g kept in grad_x, its lines are already in cache when grad_x is written.
-        L.keep_g = act != GN_ACT_NONE and (st == ST_F32 or st == ST_F64)
         L.stream = not L.keep_g and (
             (N * C * S * L.item >= STREAM_BYTES and S * L.item >= STREAM_RUN_BYTES)
             or (N * C * S * L.item >= STREAM_LONG_BYTES and S * L.item >= STREAM_LONG_RUN_BYTES))

@@ -1247,7 +1247,9 @@ static inline void gn_rows_affine_##SUF(const ST *x, ST *y, ptrdiff_t rows, ptrd
 /* Per channel over a (rows, C) block: db[c] = sum(g), ds[c] = sum(g * (x - m[c])), with  \
  * g = dy * act'((x - m[c]) * a[c] + b[c]); each channel's lane accumulates the rows in    \
  * order. Channels go in blocks of 4 vectors (4 independent sums, whole cache lines per    \
- * row), then one (possibly zero-padded) vector at a time. */                             \
+ * row), then one (possibly zero-padded) vector at a time. gs (not NULL): each g is       \
+ * kept there too, rows gss apart, for a grad_x pass to read back (as in                  \
+ * gn_pair_grad_sums). */                                                                 \
 static inline void gn_lanes_sums_##SUF(VT sa, VT sb, ptrdiff_t width, double *db,          \
                                        double *ds)                                        \
 {                                                                                         \
@@ -1263,7 +1265,8 @@ static inline void gn_lanes_sums_##SUF(VT sa, VT sb, ptrdiff_t width, double *db
                                                                                           \
 static inline __attribute__((always_inline)) void gn_rows_grad_sums_loop_##SUF(           \
     const ST *dy, const ST *x, ptrdiff_t rows, ptrdiff_t C, ptrdiff_t ds_, ptrdiff_t xs,  \
-    const CT *m, const CT *a, const CT *b, int act, double *db, double *ds)               \
+    const CT *m, const CT *a, const CT *b, int act, ST *gs, ptrdiff_t gss, double *db,    \
+    double *ds)                                                                           \
 {                                                                                         \
     ptrdiff_t c = 0, r, width;                                                            \
     for (; c + 4 * W <= C; c += 4 * W) {                                                  \
@@ -1273,28 +1276,33 @@ static inline __attribute__((always_inline)) void gn_rows_grad_sums_loop_##SUF( 
         VT sa0 = {0}, sa1 = {0}, sa2 = {0}, sa3 = {0}, sb0 = {0}, sb1 = {0}, sb2 = {0};   \
         VT sb3 = {0}, xc, g;                                                              \
         const ST *px = x + c, *pd = dy + c;                                               \
-        for (r = 0; r < rows; r++, px += xs, pd += ds_) {                                 \
+        ST *pg = gs == NULL ? NULL : gs + c;                                              \
+        for (r = 0; r < rows; r++, px += xs, pd += ds_, pg += gs == NULL ? 0 : gss) {     \
             xc = gn_vload_minus_##SUF(px, vm0);                                           \
             g = gn_pre_grad_##SUF(gn_vload_##SUF(pd), xc, gn_vload_c_##SUF(a + c),        \
                                   gn_vload_c_##SUF(b + c), act);                          \
             GN_KEEP(g);                                                                   \
+            if (pg != NULL) gn_vstore_##SUF(pg, g);                                       \
             sa0 += g; sb0 = VFMA(g, xc, sb0);                                             \
             xc = gn_vload_minus_##SUF(px + W, vm1);                                       \
             g = gn_pre_grad_##SUF(gn_vload_##SUF(pd + W), xc, gn_vload_c_##SUF(a + c + W),\
                                   gn_vload_c_##SUF(b + c + W), act);                      \
             GN_KEEP(g);                                                                   \
+            if (pg != NULL) gn_vstore_##SUF(pg + W, g);                                   \
             sa1 += g; sb1 = VFMA(g, xc, sb1);                                             \
             xc = gn_vload_minus_##SUF(px + 2 * W, vm2);                                   \
             g = gn_pre_grad_##SUF(gn_vload_##SUF(pd + 2 * W), xc,                         \
                                   gn_vload_c_##SUF(a + c + 2 * W),                        \
                                   gn_vload_c_##SUF(b + c + 2 * W), act);                  \
             GN_KEEP(g);                                                                   \
+            if (pg != NULL) gn_vstore_##SUF(pg + 2 * W, g);                               \
             sa2 += g; sb2 = VFMA(g, xc, sb2);                                             \
             xc = gn_vload_minus_##SUF(px + 3 * W, vm3);                                   \
             g = gn_pre_grad_##SUF(gn_vload_##SUF(pd + 3 * W), xc,                         \
                                   gn_vload_c_##SUF(a + c + 3 * W),                        \
                                   gn_vload_c_##SUF(b + c + 3 * W), act);                  \
             GN_KEEP(g);                                                                   \
+            if (pg != NULL) gn_vstore_##SUF(pg + 3 * W, g);                               \
             sa3 += g; sb3 = VFMA(g, xc, sb3);                                             \
         }                                                                                 \
         gn_lanes_sums_##SUF(sa0, sb0, W, db + c, ds + c);                                 \
@@ -1305,21 +1313,28 @@ static inline __attribute__((always_inline)) void gn_rows_grad_sums_loop_##SUF( 
     for (; c < C; c += W) {                                                               \
         VT sa = {0}, sb = {0}, xc, g, vm, va, vb;                                         \
         const ST *px = x + c, *pd = dy + c;                                               \
+        ST *pg = gs == NULL ? NULL : gs + c;                                              \
         width = C - c < W ? C - c : W;                                                    \
         vm = gn_vload_cpart_##SUF(m + c, width);                                          \
         va = gn_vload_cpart_##SUF(a + c, width);                                          \
         vb = gn_vload_cpart_##SUF(b + c, width);                                          \
         if (width == W)                                                                   \
-            for (r = 0; r < rows; r++, px += xs, pd += ds_) {                             \
+            for (r = 0; r < rows; r++, px += xs, pd += ds_,                               \
+                 pg += gs == NULL ? 0 : gss) {                                            \
                 xc = gn_vload_minus_##SUF(px, vm);                                        \
                 g = gn_pre_grad_##SUF(gn_vload_##SUF(pd), xc, va, vb, act);               \
+                if (pg != NULL)                                                           \
+                    gn_vstore_##SUF(pg, g);                                               \
                 sa += g;                                                                  \
                 sb = VFMA(g, xc, sb);                                                     \
             }                                                                             \
         else                                                                              \
-            for (r = 0; r < rows; r++, px += xs, pd += ds_) {                             \
+            for (r = 0; r < rows; r++, px += xs, pd += ds_,                               \
+                 pg += gs == NULL ? 0 : gss) {                                            \
                 xc = gn_center_##SUF(gn_vload_part_##SUF(px, width), vm);                 \
                 g = gn_pre_grad_##SUF(gn_vload_part_##SUF(pd, width), xc, va, vb, act);   \
+                if (pg != NULL)                                                           \
+                    gn_vstore_part_##SUF(pg, g, width);                                   \
                 sa += g;                                                                  \
                 sb = VFMA(g, xc, sb);                                                     \
             }                                                                             \
@@ -1330,13 +1345,15 @@ static inline __attribute__((always_inline)) void gn_rows_grad_sums_loop_##SUF( 
 static inline void gn_rows_grad_sums_##SUF(const ST *dy, const ST *x, ptrdiff_t rows,     \
                                            ptrdiff_t C, ptrdiff_t ds_, ptrdiff_t xs,      \
                                            const CT *m, const CT *a, const CT *b, int act,\
-                                           double *db, double *ds)                        \
+                                           ST *gs, ptrdiff_t gss, double *db,             \
+                                           double *ds)                                    \
 {                                                                                         \
     if (act == GN_ACT_NONE)                                                               \
-        gn_rows_grad_sums_loop_##SUF(dy, x, rows, C, ds_, xs, m, a, b, GN_ACT_NONE, db,   \
-                                     ds);                                                 \
+        gn_rows_grad_sums_loop_##SUF(dy, x, rows, C, ds_, xs, m, a, b, GN_ACT_NONE, NULL, \
+                                     0, db, ds);                                          \
     else                                                                                  \
-        gn_rows_grad_sums_loop_##SUF(dy, x, rows, C, ds_, xs, m, a, b, act, db, ds);      \
+        gn_rows_grad_sums_loop_##SUF(dy, x, rows, C, ds_, xs, m, a, b, act, gs, gss, db,  \
+                                     ds);                                                 \
 }                                                                                         \
                                                                                           \
 /* dx[r, c] = a[c] * g + (c1[c] * (x - m[c]) + c0[c]) over a (rows, C) block, in tiles of \
