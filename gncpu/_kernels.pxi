@@ -74,17 +74,13 @@ cdef extern from "_simd.h" nogil:
                              Py_ssize_t xs, Py_ssize_t ys, float m, double r, const float* w,
                              const float* bias, int act)
     void gn_grad_sums_f32(const float* dy, const float* x, Py_ssize_t n, float m, float a,
-                          float b, int act, float* gs,
-                          double* out)
+                          float b, int act, float* gs, double* out)
     void gn_grad_sums_f64(const double* dy, const double* x, Py_ssize_t n, double m, double a,
-                          double b, int act, double* gs,
-                          double* out)
+                          double b, int act, double* gs, double* out)
     void gn_grad_sums_f16(const uint16_t* dy, const uint16_t* x, Py_ssize_t n, float m, float a,
-                          float b, int act, uint16_t* gs,
-                          double* out)
+                          float b, int act, uint16_t* gs, double* out)
     void gn_grad_sums_bf16(const uint16_t* dy, const uint16_t* x, Py_ssize_t n, float m,
-                           float a, float b, int act, uint16_t* gs,
-                           double* out)
+                           float a, float b, int act, uint16_t* gs, double* out)
     void gn_grad_x_f32(const float* dy, const float* x, float* dx, Py_ssize_t n, float m,
                        float a, float b, float c1, float c0, int act, int stream)
     void gn_grad_x_f64(const double* dy, const double* x, double* dx, Py_ssize_t n, double m,
@@ -274,9 +270,9 @@ cdef struct Layout:
     # the group is contiguous and whole-group runs are allowed, else one per channel).
     # Channels-last: a sample is cut into row chunks of ROW_CHUNK rows.
     Py_ssize_t rows, row_len, row_chunks
-    # Backward, channels-first: grad_x written with non-temporal stores (see STREAM_BYTES);
-    # with an activation and float32/float64 storage, g is kept in grad_x by the sums and
-    # read back by the grad_x pass (see gn_pair_grad_sums).
+    # Backward, channels-first: grad_x written with non-temporal stores (see STREAM_BYTES).
+    # Backward, with an activation and float32/float64 storage: g is kept in grad_x by the
+    # sums and read back by the grad_x pass (see gn_pair_grad_sums).
     bint stream, keep_g
 
 

@@ -539,36 +539,35 @@ static inline void gn_prefetch_next(const void *p, size_t bytes)
  * With AVX, on halves of the register: the same additions, without the trip through the
  * stack that a loop over lanes takes (its store-to-load chain was 40% of the channels-
  * first moments' time on AMD Zen 5, with a horizontal total per 2048 elements). */
+#if defined(__AVX__)
+static inline float gn_fold256_ps(__m256 h)
+{
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
+static inline double gn_fold256_pd(__m256d h)
+{
+    const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+}
+#endif
 #if GN_AVX512
 static inline float gn_fold_f32(gn_vf32 v)
 {
     const __m512 a = (__m512)v;
-    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+    return gn_fold256_ps(_mm256_add_ps(_mm512_castps512_ps256(a),
+                                       _mm512_extractf32x8_ps(a, 1)));
 }
 static inline double gn_fold_f64(gn_vf64 v)
 {
     const __m512d a = (__m512d)v;
-    const __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(a), _mm512_extractf64x4_pd(a, 1));
-    const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+    return gn_fold256_pd(_mm256_add_pd(_mm512_castpd512_pd256(a),
+                                       _mm512_extractf64x4_pd(a, 1)));
 }
 #elif defined(__AVX__)
-static inline float gn_fold_f32(gn_vf32 v)
-{
-    const __m256 h = (__m256)v;
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
-}
-static inline double gn_fold_f64(gn_vf64 v)
-{
-    const __m256d h = (__m256d)v;
-    const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
-}
+static inline float gn_fold_f32(gn_vf32 v) { return gn_fold256_ps((__m256)v); }
+static inline double gn_fold_f64(gn_vf64 v) { return gn_fold256_pd((__m256d)v); }
 #else
 #define GN_FOLD_LANES(CT, W, v)                                                            \
     CT u[W];                                                                              \
