@@ -1276,7 +1276,8 @@ static inline __attribute__((always_inline)) void gn_rows_grad_sums_loop_##SUF( 
         VT sb3 = {0}, xc, g;                                                              \
         const ST *px = x + c, *pd = dy + c;                                               \
         ST *pg = gs == NULL ? NULL : gs + c;                                              \
-        for (r = 0; r < rows; r++, px += xs, pd += ds_, pg += gs == NULL ? 0 : gss) {     \
+        for (r = 0; r < rows; r++, px += xs, pd += ds_,                                   \
+             pg = pg == NULL ? NULL : pg + gss) {                                         \
             xc = gn_vload_minus_##SUF(px, vm0);                                           \
             g = gn_pre_grad_##SUF(gn_vload_##SUF(pd), xc, gn_vload_c_##SUF(a + c),        \
                                   gn_vload_c_##SUF(b + c), act);                          \
@@ -1319,7 +1320,7 @@ static inline __attribute__((always_inline)) void gn_rows_grad_sums_loop_##SUF( 
         vb = gn_vload_cpart_##SUF(b + c, width);                                          \
         if (width == W)                                                                   \
             for (r = 0; r < rows; r++, px += xs, pd += ds_,                               \
-                 pg += gs == NULL ? 0 : gss) {                                            \
+                 pg = pg == NULL ? NULL : pg + gss) {                                     \
                 xc = gn_vload_minus_##SUF(px, vm);                                        \
                 g = gn_pre_grad_##SUF(gn_vload_##SUF(pd), xc, va, vb, act);               \
                 if (pg != NULL)                                                           \
@@ -1329,7 +1330,7 @@ static inline __attribute__((always_inline)) void gn_rows_grad_sums_loop_##SUF( 
             }                                                                             \
         else                                                                              \
             for (r = 0; r < rows; r++, px += xs, pd += ds_,                               \
-                 pg += gs == NULL ? 0 : gss) {                                            \
+                 pg = pg == NULL ? NULL : pg + gss) {                                     \
                 xc = gn_center_##SUF(gn_vload_part_##SUF(px, width), vm);                 \
                 g = gn_pre_grad_##SUF(gn_vload_part_##SUF(pd, width), xc, va, vb, act);   \
                 if (pg != NULL)                                                           \

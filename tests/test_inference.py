@@ -645,9 +645,9 @@ def test_out_wrong_shape_or_read_only(dtype):
 PATHS = [("float32", -1, None, False), ("float64", -1, "relu", False),
          ("float16", -1, "silu", True), ("bfloat16", -1, "silu", False),
          ("float32", 1, "relu", True), ("float16", 1, "silu", False),
-         ("float64", 1, "silu", False)]
+         ("float64", 1, "silu", False), ("float32", -1, "silu", False)]
 PATH_IDS = ["nhwc-f32", "nhwc-f64-relu", "nhwc-f16-silu-res", "nhwc-bf16-silu",
-            "nchw-f32-relu-res", "nchw-f16-silu", "nchw-f64-silu"]
+            "nchw-f32-relu-res", "nchw-f16-silu", "nchw-f64-silu", "nhwc-f32-silu"]
 
 
 def path_inputs(rng, shape, path):
@@ -685,11 +685,13 @@ def test_sample_alone_equals_its_slice_of_the_batch(rng, path, case, num_threads
 # with few 64-row chunks its outputs too: 2100 channels (a short last range, groups across
 # ranges) of 100 rows (2 chunks); 96 channels of 1600 rows (25 chunks: cut at 8 threads);
 # 160 channels (5 blocks of 32) of 820 rows: at 4 threads the last range is empty.
+# Channels-first, 16 channels of 4100 elements in 2 groups are split into chunks of 2048,
+# 2048 and 4 (shorter than a vector).
 @pytest.mark.parametrize("case", [((1, 32, 96, 96), 8), ((16, 32, 24, 24), 4),
                                   ((1, 2100, 10, 10), 7), ((1, 96, 40, 40), 8),
-                                  ((1, 160, 820), 8)],
+                                  ((1, 160, 820), 8), ((1, 16, 4100), 2)],
                          ids=["1x32x96x96-G8", "16x32x24x24-G4", "1x2100x10x10-G7",
-                              "1x96x40x40-G8", "1x160x820-G8"])
+                              "1x96x40x40-G8", "1x160x820-G8", "1x16x4100-G2"])
 @pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
 def test_thread_count_does_not_change_results(rng, path, case):
     shape, num_groups = case
