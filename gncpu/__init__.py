@@ -11,9 +11,9 @@ _LEVELS = (("_kernels_x86_64_v4", _kernels_baseline.cpu_has_x86_64_v4),
            ("_kernels_x86_64_v3", _kernels_baseline.cpu_has_x86_64_v3))
 
 
-def _widest_kernels(levels):
-    """The first of `levels` (module name, CPU check) that this CPU runs and that was built."""
-    for name, runs in levels:
+def _widest_kernels():
+    """The first of _LEVELS (module name, CPU check) that this CPU runs and that was built."""
+    for name, runs in _LEVELS:
         if runs():
             try:
                 return importlib.import_module(f".{name}", __name__)
@@ -22,7 +22,7 @@ def _widest_kernels(levels):
     return _kernels_baseline
 
 
-_kernels = _widest_kernels(_LEVELS)
+_kernels = _widest_kernels()
 
 group_norm = _kernels.group_norm
 group_norm_backward = _kernels.group_norm_backward
