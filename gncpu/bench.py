@@ -66,7 +66,9 @@ def contenders(shape, groups, dtype, op, threads, torch, with_reference, layout=
 
     layout "nhwc" hands gncpu the channels-last array (channel_axis=-1) and torch the same
     memory as a channels_last tensor; activation "silu"/"relu" fuses it in gncpu and runs
-    torch's F.silu/F.relu (in place) after its group_norm.
+    torch's F.silu/F.relu (in place) after its group_norm, and in the backward torch's
+    activation backward (on the group_norm output autograd would have kept), then its
+    group_norm backward.
     """
     rng = np.random.default_rng(0)
     c = shape[1]
@@ -112,7 +114,7 @@ def contenders(shape, groups, dtype, op, threads, torch, with_reference, layout=
             calls["torch"] = lambda: fn(tx, groups, tw, tb, 1e-5)
         else:
             calls["torch"] = lambda: act(fn(tx, groups, tw, tb, 1e-5), inplace=True)
-    elif activation is None:
+    else:
         tdy = torch.from_numpy(np.ascontiguousarray(np.moveaxis(dy, -1, 1)) if last else dy)
         if last:
             tdy = tdy.contiguous(memory_format=layout)
@@ -120,8 +122,17 @@ def contenders(shape, groups, dtype, op, threads, torch, with_reference, layout=
         trstd = torch.from_numpy(np.ascontiguousarray(rstd, dtype=dtype))
         hxw = int(np.prod(shape[2:], dtype=np.int64))
         bwd = torch.ops.aten.native_group_norm_backward
-        calls["torch"] = lambda: bwd(tdy, tx, tmean, trstd, tw, shape[0], c, hxw, groups,
-                                     [True, True, True])
+
+        def gn_bwd(grad):
+            return bwd(grad, tx, tmean, trstd, tw, shape[0], c, hxw, groups, [True, True, True])
+
+        if activation is None:
+            calls["torch"] = lambda: gn_bwd(tdy)
+        else:
+            pre = torch.nn.functional.group_norm(tx, groups, tw, tb, 1e-5)
+            act_bwd = {"silu": torch.ops.aten.silu_backward,
+                       "relu": lambda grad, p: torch.ops.aten.threshold_backward(grad, p, 0)}
+            calls["torch"] = lambda: gn_bwd(act_bwd[activation](tdy, pre))
     return calls
 
 
@@ -220,7 +231,8 @@ def main(argv=None):
     parser.add_argument("--layout", default="nchw", choices=["nchw", "nhwc"],
                         help="nhwc: channels-last arrays (4-D and 5-D shapes of the suite)")
     parser.add_argument("--activation", default=None, choices=["silu", "relu"],
-                        help="fuse an activation (torch runs it in place after group_norm)")
+                        help="fuse an activation (torch runs it in place after group_norm; "
+                             "backward: its activation backward, then group_norm's)")
     parser.add_argument("--op", default="all", choices=["forward", "backward", "floor", "all"],
                         help="floor: forward with out= vs np.copyto on a large tensor")
     parser.add_argument("--quick", action="store_true", help="a few shapes, short timings")

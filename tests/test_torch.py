@@ -64,3 +64,20 @@ def test_reference_matches_torch_float64(rng, case):
     for name, a, b in zip(("y", "grad_x", "grad_weight", "grad_bias"), (y,) + tuple(grads),
                           (y_t,) + tuple(grads_t)):
         assert_close(a, b, 1e-12, name)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("activation", [None, "relu", "silu"], ids=["plain", "relu", "silu"])
+@pytest.mark.parametrize("op", ["forward", "backward"])
+def test_bench_torch_calls_compute_what_gncpu_computes(op, activation, layout):
+    """`python -m gncpu bench` times torch doing the same work as gncpu: the same outputs
+    (and gradients), to rounding, for every op, activation and layout it offers."""
+    from gncpu.bench import contenders
+    calls = contenders((2, 8, 6, 5), 4, "float32", op, 1, torch, False, layout, activation)
+    ours, theirs = calls["gncpu"](), calls["torch"]()
+    if op == "forward":
+        ours, theirs = (ours,), (theirs,)
+    for k, (a, b) in enumerate(zip(ours, theirs)):
+        if layout == "nhwc" and k == 0:
+            a = np.moveaxis(a, -1, 1)
+        assert_close(a, b.numpy(), 1e-4, f"{op} output {k}")
