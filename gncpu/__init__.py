@@ -24,22 +24,9 @@ def _widest_kernels():
 
 _kernels = _widest_kernels()
 
+build_info = _kernels.build_info
 group_norm = _kernels.group_norm
 group_norm_backward = _kernels.group_norm_backward
-
-
-def build_info():
-    """How gncpu was built and what a call uses.
-
-    Returns
-    -------
-    dict
-        ``openmp``: whether the kernels were compiled with OpenMP; ``max_threads``: the
-        threads a call uses by default; ``simd``: the instruction set of the kernels that
-        :func:`group_norm` and :func:`group_norm_backward` run.
-    """
-    return _kernels.build_info()
-
 
 from .layer import GroupNorm  # noqa: E402
 
@@ -50,4 +37,4 @@ __version__ = "0.1.0"
 def show_config():
     """Print how gncpu was built and what it will use: OpenMP, threads, SIMD path."""
     for key, value in build_info().items():
-        print(f"{key:14s} {value}")
+        print(f"{key:12s} {value}")

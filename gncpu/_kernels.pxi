@@ -437,20 +437,22 @@ cdef inline void pair_grad_x(const char* dy, const char* x, char* dx, const Layo
                              real c0) noexcept nogil:
     """gn_pair_grad_x over the Cg channels starting at dy, x, dx; g read from dx if
     L.keep_g."""
+    cdef int act = GN_ACT_NONE if L.keep_g else L.act
+    cdef Py_ssize_t dys = L.ys if L.keep_g else L.ds
     if L.keep_g:
-        dy = NULL
+        dy = dx
     if real is double:
-        gn_pair_grad_x_f64(<const double*>dy, <const double*>x, <double*>dx, L.Cg, L.S, L.ds,
-                           L.xs, L.ys, m, r, w, bias, c1, c0, L.act, L.stream)
+        gn_pair_grad_x_f64(<const double*>dy, <const double*>x, <double*>dx, L.Cg, L.S, dys,
+                           L.xs, L.ys, m, r, w, bias, c1, c0, act, L.stream)
     elif L.st == ST_F32:
-        gn_pair_grad_x_f32(<const float*>dy, <const float*>x, <float*>dx, L.Cg, L.S, L.ds, L.xs,
-                           L.ys, m, r, w, bias, c1, c0, L.act, L.stream)
+        gn_pair_grad_x_f32(<const float*>dy, <const float*>x, <float*>dx, L.Cg, L.S, dys, L.xs,
+                           L.ys, m, r, w, bias, c1, c0, act, L.stream)
     elif L.st == ST_F16:
         gn_pair_grad_x_f16(<const uint16_t*>dy, <const uint16_t*>x, <uint16_t*>dx, L.Cg, L.S,
-                           L.ds, L.xs, L.ys, m, r, w, bias, c1, c0, L.act, L.stream)
+                           dys, L.xs, L.ys, m, r, w, bias, c1, c0, act, L.stream)
     else:
         gn_pair_grad_x_bf16(<const uint16_t*>dy, <const uint16_t*>x, <uint16_t*>dx, L.Cg, L.S,
-                            L.ds, L.xs, L.ys, m, r, w, bias, c1, c0, L.act, L.stream)
+                            dys, L.xs, L.ys, m, r, w, bias, c1, c0, act, L.stream)
 
 
 cdef inline void rows_moments(const char* x, Py_ssize_t rows, Py_ssize_t stride,

@@ -757,15 +757,7 @@ static inline ptrdiff_t gn_head_##SUF(const ST *p, ptrdiff_t n)                 
 /* The W lanes of a as gn_fold adds them, then in float64 plus tail. */                   \
 static inline double gn_lanes_total_##SUF(VT a, double tail)                              \
 {                                                                                         \
-    if (sizeof(CT) == 4) {                                                                \
-        gn_vf32 v;                                                                        \
-        memcpy(&v, &a, sizeof v);                                                         \
-        return (double)gn_fold_f32(v) + tail;                                             \
-    } else {                                                                              \
-        gn_vf64 v;                                                                        \
-        memcpy(&v, &a, sizeof v);                                                         \
-        return gn_fold_f64(v) + tail;                                                     \
-    }                                                                                     \
+    return (double)_Generic(a, gn_vf32: gn_fold_f32, gn_vf64: gn_fold_f64)(a) + tail;     \
 }                                                                                         \
                                                                                           \
 /* (a0 + a1) + (a2 + a3), then its lanes as gn_lanes_total. */                            \
@@ -1047,8 +1039,8 @@ static inline void gn_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t 
  * span, the spans' sums in order per channel, so a caller summing spans in parallel gets \
  * the same bits. With an activation g costs an exp and a division per element: gs (not   \
  * NULL, storage of the compute type) keeps each g as it is summed, channel k at          \
- * gs + k * gss, and gn_pair_grad_x with dy NULL reads it back from dx instead of         \
- * computing it again (the same values, so the same bits). */                             \
+ * gs + k * gss, and gn_pair_grad_x given dx as dy, with no activation, reads it back     \
+ * instead of computing it again (the same values, so the same bits). */                  \
 static inline CT gn_scale_##SUF(const CT *w, ptrdiff_t k, double r)                       \
 {                                                                                         \
     return (CT)((w == NULL ? 1.0 : (double)w[k]) * r);                                    \
@@ -1124,10 +1116,9 @@ static void gn_pair_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t Cg
 {                                                                                         \
     ptrdiff_t k;                                                                          \
     for (k = 0; k < Cg; k++)                                                              \
-        gn_grad_x_##SUF(dy == NULL ? dx + k * dxs : dy + k * dys, x + k * xs,             \
-                        dx + k * dxs, S, m, gn_scale_##SUF(w, k, r),                      \
-                        bias == NULL ? (CT)0 : bias[k], c1, c0, dy == NULL ? GN_ACT_NONE  \
-                        : act, stream);                                                   \
+        gn_grad_x_##SUF(dy + k * dys, x + k * xs, dx + k * dxs, S, m,                     \
+                        gn_scale_##SUF(w, k, r), bias == NULL ? (CT)0 : bias[k], c1, c0,  \
+                        act, stream);                                                     \
 }                                                                                         \
                                                                                           \
 /* gn_affine over Cg channels of S elements, channel k at x + k * xs and y + k * ys, with  \
@@ -1151,20 +1142,9 @@ static inline void gn_lanes_out_##SUF(VT k, VT s, VT q, ptrdiff_t width, ptrdiff
 {                                                                                         \
     CT ks[W], ss[W], qs[W];                                                               \
     ptrdiff_t j;                                                                          \
-    if (width == W && sizeof(CT) == 4) {                                                  \
-        gn_vf32 v[3];                                                                     \
-        memcpy(v, &k, sizeof k);                                                          \
-        memcpy(v + 1, &s, sizeof s);                                                      \
-        memcpy(v + 2, &q, sizeof q);                                                      \
-        gn_moments_lanes_f32(v[0], v[1], v[2], (double)rows, mean, m2);                   \
-        return;                                                                           \
-    }                                                                                     \
     if (width == W) {                                                                     \
-        gn_vf64 v[3];                                                                     \
-        memcpy(v, &k, sizeof k);                                                          \
-        memcpy(v + 1, &s, sizeof s);                                                      \
-        memcpy(v + 2, &q, sizeof q);                                                      \
-        gn_moments_lanes_f64(v[0], v[1], v[2], (double)rows, mean, m2);                   \
+        _Generic(k, gn_vf32: gn_moments_lanes_f32, gn_vf64: gn_moments_lanes_f64)(        \
+            k, s, q, (double)rows, mean, m2);                                             \
         return;                                                                           \
     }                                                                                     \
     memcpy(ks, &k, sizeof ks);                                                            \
