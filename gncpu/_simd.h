@@ -331,6 +331,40 @@ static inline gn_vf64 gn_vmax_f64(double k, gn_vf64 x)
 }
 #endif
 
+#if GN_AVX512
+/* exp(s x) for float lanes, s = 1 or -1 (a constant), as p * scale, with AVX-512's
+ * 16-lane permute as a table: s x = m ln2 / 16 + s w, m rounded to nearest by the
+ * 1.5 * 2^23 trick, which also leaves m in t's low bits; w by Cody and Waite's two-part
+ * ln2 / 16 (m * 0.693359375 / 16 is exact); p = exp(s w) by the Taylor polynomial of
+ * degree 3 (truncation error below 1e-8 relative on |w| <= ln2 / 32); scale = 2^(m / 16):
+ * 2^((m mod 16) / 16) from a table of 16, its exponent bits plus floor(m / 16), a normal
+ * number for m in [-2016, 2047]. Two FMAs fewer per vector than the degree-5 scheme
+ * below, and more accurate: SiLU 1.3x faster in L1 on AMD Zen 5, and the fused SiLU
+ * forward and backward 1.06x. NaN stays NaN. */
+static const float gn_exp2_sixteenths[16] = {
+    1.0f, 1.0442737340927124f, 1.0905077457427979f, 1.1387885808944702f,
+    1.1892070770263672f, 1.2418577671051025f, 1.2968395948410034f, 1.3542555570602417f,
+    1.4142135381698608f, 1.4768261909484863f, 1.5422108173370361f, 1.610490322113037f,
+    1.6817928552627563f, 1.7562521696090698f, 1.8340080976486206f, 1.9152065515518188f};
+
+static inline gn_vf32 gn_vexp_parts_f32(gn_vf32 x, float s, gn_vf32 *scale)
+{
+    const gn_vf32 t = GN_VFMA_f32(x, (gn_vf32){0} + s * 23.083120346069336f,
+                                  (gn_vf32){0} + 12582912.0f);
+    const gn_vf32 m = t - 12582912.0f;
+    const __m512i mi = _mm512_castps_si512((__m512)t);
+    gn_vf32 w = GN_VFMA_f32(m, (gn_vf32){0} - s * (0.693359375f / 16), x);
+    gn_vf32 p;
+    w = GN_VFMA_f32(m, (gn_vf32){0} + s * (2.12194440e-4f / 16), w);
+    p = GN_VFMA_f32((gn_vf32){0} + s * (1.0f / 6), w, (gn_vf32){0} + 0.5f);
+    p = GN_VFMA_f32(p, w, (gn_vf32){0} + s);
+    p = GN_VFMA_f32(p, w, (gn_vf32){0} + 1.0f);
+    *scale = (gn_vf32)_mm512_add_epi32(
+        _mm512_castps_si512(_mm512_permutexvar_ps(mi, _mm512_loadu_ps(gn_exp2_sixteenths))),
+        _mm512_slli_epi32(_mm512_srai_epi32(mi, 4), 23));
+    return p;
+}
+#else
 /* exp(s x) for float lanes, s = 1 or -1 (a constant), as p * scale: x = m ln2 + w with
  * |w| <= ln2 / 2, m rounded to nearest by the 1.5 * 2^23 trick, which also leaves m in
  * t's low bits; w by Cody and Waite's two-part ln2 (m * 0.693359375 is exact, with or
@@ -355,6 +389,7 @@ static inline gn_vf32 gn_vexp_parts_f32(gn_vf32 x, float s, gn_vf32 *scale)
     *scale = (gn_vf32)(((gn_vi32){0} + 127 + (s > 0 ? (gn_vi32)t : -(gn_vi32)t)) << 23);
     return p;
 }
+#endif
 
 /* exp(x), inputs clamped to [-87.3, 88.3] (finite results); NaN stays NaN. */
 static inline gn_vf32 gn_vexp_f32(gn_vf32 x)
@@ -364,9 +399,11 @@ static inline gn_vf32 gn_vexp_f32(gn_vf32 x)
     return p * scale;
 }
 
-/* silu(p) = p / (1 + exp(-p)), within 2 ulp. From p = -88.38 down, exp(-p) rounds to
- * 2^128 = inf and the result is -0 (|silu(p)| < 3.7e-37 there), silu(-inf) included: the
- * max keeps m in range. Above 87.3, 1 + exp(-p) = 1 and the result is p. */
+/* silu(p) = p / (1 + exp(-p)). Measured on every float from -87 up: within 3.2 ulp with
+ * the AVX-512 exp, 3.6 ulp with the other. Lower, |silu(p)| < 1.1e-36; p is clamped at
+ * -88.5 (the max keeps m in range and silu(-inf) finite), where the result is -3.2e-37
+ * with the AVX-512 exp; with the other, exp(-p) rounds to 2^128 = inf from p = -88.38
+ * down and the result is -0. Above 87.3, 1 + exp(-p) = 1 and the result is p. */
 static inline gn_vf32 gn_vsilu_f32(gn_vf32 p)
 {
     gn_vf32 scale, e;
