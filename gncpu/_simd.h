@@ -894,8 +894,11 @@ static inline VT gn_affine_vec_##SUF(VT x, VT vm, VT va, VT vb, int act)        
     return gn_act_##SUF(VFMA(gn_center_##SUF(x, vm), va, vb), act);                       \
 }                                                                                         \
                                                                                           \
+/* ahead (elements, 0 for none): the lines that far past those read are asked for as the \
+ * loop goes (the next pair's, so that their fetch overlaps this pair's arithmetic; see   \
+ * PREFETCH_BYTES in _kernels.pxi). */                                                    \
 static inline void gn_affine_##SUF(const ST *x, ST *y, ptrdiff_t n, CT m, CT a, CT b,     \
-                                   int act)                                               \
+                                   int act, ptrdiff_t ahead)                              \
 {                                                                                         \
     const VT vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b);      \
     const ptrdiff_t head = sizeof(ST) == 2 ? 0 : gn_head_##SUF(y, n);                     \
@@ -909,13 +912,19 @@ static inline void gn_affine_##SUF(const ST *x, ST *y, ptrdiff_t n, CT m, CT a, 
     first = gn_affine_vec_##SUF(gn_vload_##SUF(x), vm, va, vb, act);                      \
     last = gn_affine_vec_##SUF(gn_vload_##SUF(x + n - W), vm, va, vb, act);               \
     if (act == GN_ACT_NONE)                                                               \
-        for (i = head; i + W <= n; i += W)                                                \
+        for (i = head; i + W <= n; i += W) {                                              \
+            if (ahead)                                                                    \
+                __builtin_prefetch(x + i + ahead, 0, 2);                                  \
             gn_vstore_##SUF(y + i, gn_affine_vec_##SUF(gn_vload_##SUF(x + i), vm, va, vb, \
                                                        GN_ACT_NONE));                     \
+        }                                                                                 \
     else                                                                                  \
-        for (i = head; i + W <= n; i += W)                                                \
+        for (i = head; i + W <= n; i += W) {                                              \
+            if (ahead)                                                                    \
+                __builtin_prefetch(x + i + ahead, 0, 2);                                  \
             gn_vstore_##SUF(y + i, gn_affine_vec_##SUF(gn_vload_##SUF(x + i), vm, va, vb, \
                                                        act));                             \
+        }                                                                                 \
     if (head > 0)                                                                         \
         gn_vstore_##SUF(y, first);                                                        \
     if (i < n)                                                                            \
@@ -1159,15 +1168,20 @@ static void gn_pair_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t Cg
 }                                                                                         \
                                                                                           \
 /* gn_affine over Cg channels of S elements, channel k at x + k * xs and y + k * ys, with  \
- * a_k and b_k as in gn_pair_grad_sums. */                                               \
+ * a_k and b_k as in gn_pair_grad_sums, asking for the lines `ahead` past each. */       \
 static void gn_pair_affine_##SUF(const ST *x, ST *y, ptrdiff_t Cg, ptrdiff_t S,            \
                                  ptrdiff_t xs, ptrdiff_t ys, CT m, double r, const CT *w, \
-                                 const CT *bias, int act)                                 \
+                                 const CT *bias, int act, ptrdiff_t ahead)                \
 {                                                                                         \
     ptrdiff_t k;                                                                          \
-    for (k = 0; k < Cg; k++)                                                              \
-        gn_affine_##SUF(x + k * xs, y + k * ys, S, m, gn_scale_##SUF(w, k, r),            \
-                        bias == NULL ? (CT)0 : bias[k], act);                             \
+    if (ahead == 0)               /* a copy without the prefetch */                       \
+        for (k = 0; k < Cg; k++)                                                          \
+            gn_affine_##SUF(x + k * xs, y + k * ys, S, m, gn_scale_##SUF(w, k, r),        \
+                            bias == NULL ? (CT)0 : bias[k], act, 0);                      \
+    else                                                                                  \
+        for (k = 0; k < Cg; k++)                                                          \
+            gn_affine_##SUF(x + k * xs, y + k * ys, S, m, gn_scale_##SUF(w, k, r),        \
+                            bias == NULL ? (CT)0 : bias[k], act, ahead);                  \
 }                                                                                         \
                                                                                           \
 /* Channels-last. x is (rows, C) with row stride `stride` (elements) and unit channel     \

@@ -233,6 +233,21 @@ def test_out_is_x_in_place(rng, case, dtype, layout):
         assert np.isnan(x.base[gaps]).all() and np.isnan(base_before[gaps]).all()
 
 
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
+def test_large_forward_asks_for_the_next_pair(rng, dtype):
+    """From 16 MiB of x, the output pass over a pair prefetches the next pair's lines, the
+    next sample's after a sample's last group: no value changes, against the reference
+    and bit for bit against each sample alone."""
+    shape, num_groups = (3, 8, 521, 519), 4
+    x = random_array(rng, shape, dtype)
+    assert x.nbytes >= 1 << 24
+    weight, bias = random_affine(rng, shape[1], dtype)
+    y = check_forward(x, num_groups, weight, bias)[0]
+    for i in range(shape[0]):
+        assert_bitwise(fast_forward(x[i:i + 1], num_groups, weight, bias)[0], y[i:i + 1],
+                       f"sample {i}")
+
+
 @pytest.mark.parametrize("module_name", compiled_kernel_modules())
 @pytest.mark.parametrize("case", [CASES[1], CASES[8], CASES[10]],
                          ids=[CASE_IDS[1], CASE_IDS[8], CASE_IDS[10]])
