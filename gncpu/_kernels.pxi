@@ -707,15 +707,17 @@ cdef void channel_moments_nhwc(const char* x, const char* res, char* s, const La
         n_run = n_run + rows
 
 
-cdef void group_stats_nhwc(const Layout* L, Py_ssize_t i, const double* run, double eps,
-                           real* mean, real* rstd) noexcept nogil:
-    """Group statistics of sample i from its channels' (mean, M2) in run. The channels of
-    a group have equal counts S, so their merge is Chan's for equal parts, in two
-    division-free passes: mean = sum(mean_c) / Cg, M2 = sum(M2_c) + S sum((mean_c - mean)^2)."""
+cdef void group_stats_nhwc(const Layout* L, Py_ssize_t i, Py_ssize_t g0, Py_ssize_t g1,
+                           const double* run, double eps, real* mean,
+                           real* rstd) noexcept nogil:
+    """Statistics of groups [g0, g1) of sample i from their channels' (mean, M2) in run.
+    The channels of a group have equal counts S, so their merge is Chan's for equal parts,
+    in two division-free passes: mean = sum(mean_c) / Cg,
+    M2 = sum(M2_c) + S sum((mean_c - mean)^2)."""
     cdef Py_ssize_t c, g
     cdef double gm, q, dev, d
     cdef Moments total
-    for g in range(L.G):
+    for g in range(g0, g1):
         gm = 0
         q = 0
         dev = 0
@@ -732,13 +734,14 @@ cdef void group_stats_nhwc(const Layout* L, Py_ssize_t i, const double* run, dou
         finish_stats(&total, eps, i * L.G + g, mean, rstd)
 
 
-cdef void channel_coefficients(const Layout* L, Py_ssize_t i, const real* mean,
-                               const real* rstd, const real* weight, const real* bias,
-                               real* m, real* a, real* b) noexcept nogil:
-    """Per channel c of sample i: m = mean_g, a = weight_c * rstd_g, b = bias_c."""
+cdef void channel_coefficients(const Layout* L, Py_ssize_t i, Py_ssize_t g0, Py_ssize_t g1,
+                               const real* mean, const real* rstd, const real* weight,
+                               const real* bias, real* m, real* a, real* b) noexcept nogil:
+    """Per channel c of groups [g0, g1) of sample i: m = mean_g, a = weight_c * rstd_g,
+    b = bias_c."""
     cdef Py_ssize_t c, g, p
     cdef double r
-    for g in range(L.G):
+    for g in range(g0, g1):
         p = i * L.G + g
         r = <double>rstd[p]
         for c in range(g * L.Cg, (g + 1) * L.Cg):
@@ -761,34 +764,41 @@ cdef inline Py_ssize_t channel_ranges(const Layout* L, int threads) noexcept nog
     return min(<Py_ssize_t>threads, (L.C + RANGE_ALIGN - 1) // RANGE_ALIGN)
 
 
-cdef void forward_sample_nhwc(const char* x, const char* res, char* s, char* y, const Layout* L,
-                              Py_ssize_t i, double eps, const real* weight, const real* bias,
-                              real* mean, real* rstd, double* scratch,
-                              real* coef) noexcept nogil:
-    """Sample i: channel moments, group statistics, then its outputs (normalized from x,
-    or from the sum x + residual)."""
+cdef void forward_groups_nhwc(const char* x, const char* res, char* s, char* y,
+                              const Layout* L, Py_ssize_t i, Py_ssize_t g0, Py_ssize_t g1,
+                              double eps, const real* weight, const real* bias, real* mean,
+                              real* rstd, double* scratch, real* coef) noexcept nogil:
+    """Groups [g0, g1) of sample i, from their channels' moments to their outputs
+    (normalized from x, or from the sum x + residual). scratch: 4C doubles, coef: 3C
+    reals, of which the groups' channels are used."""
     cdef const char* src = x if res == NULL else <const char*>s
     cdef Py_ssize_t srcN = L.xsN if res == NULL else L.ssN
     cdef Py_ssize_t srcs = L.xs if res == NULL else L.ss
-    channel_moments_nhwc(x, res, s, L, i, 0, L.C, scratch, scratch + 2 * L.C)
-    group_stats_nhwc(L, i, scratch + 2 * L.C, eps, mean, rstd)
-    channel_coefficients(L, i, mean, rstd, weight, bias, coef, coef + L.C, coef + 2 * L.C)
-    rows_affine(at(src, i * srcN, L), at(y, i * L.ysN, L), L.S, L.C, srcs, L.ys, L, coef,
-                coef + L.C, coef + 2 * L.C)
+    cdef Py_ssize_t c0 = g0 * L.Cg, c1 = g1 * L.Cg
+    channel_moments_nhwc(x, res, s, L, i, c0, c1, scratch, scratch + 2 * L.C)
+    group_stats_nhwc(L, i, g0, g1, scratch + 2 * L.C, eps, mean, rstd)
+    channel_coefficients(L, i, g0, g1, mean, rstd, weight, bias, coef, coef + L.C,
+                         coef + 2 * L.C)
+    rows_affine(at(src, i * srcN + c0, L), at(y, i * L.ysN + c0, L), L.S, c1 - c0, srcs, L.ys,
+                L, coef + c0, coef + L.C + c0, coef + 2 * L.C + c0)
 
 
 cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const Layout* L,
                        double eps, const real* weight, const real* bias, real* mean,
                        real* rstd, double* scratch, real* coef, bint split,
                        int threads) noexcept nogil:
-    """One task per sample; or, split, channel ranges in parallel for the statistics and
-    row chunks for the outputs. scratch: 4C doubles and coef: 3C reals per thread, or per
-    sample when split."""
+    """One task per sample; or, split, with few row chunks and more than one group, one
+    per range of whole groups of a sample, each from moments to outputs (no pass hands
+    data to another thread: on AMD Zen 5, 1 x 2048 x 7 x 7 at 2 threads took 2x as long
+    with the statistics merged between parallel passes); else channel ranges in parallel
+    for the statistics and row chunks for the outputs. scratch: 4C doubles and coef: 3C
+    reals per thread, or per sample when split."""
     cdef Py_ssize_t i, j, r0, c0, c1, t
     cdef Py_ssize_t ranges = channel_ranges(L, threads)
     # the output pass by row chunks, and by channel ranges too when the chunks are few
     cdef Py_ssize_t cuts = ranges if L.N * L.row_chunks < OUTPUT_CUT_CHUNKS * threads else 1
     cdef Py_ssize_t items = L.N * L.row_chunks * cuts
+    cdef Py_ssize_t granges = min(<Py_ssize_t>threads, L.G)
     cdef const real* cf
     cdef const char* src = x if res == NULL else <const char*>s  # outputs normalized from
     cdef Py_ssize_t srcN = L.xsN if res == NULL else L.ssN
@@ -796,13 +806,20 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
     if not split:
         if threads == 1:
             for i in range(L.N):
-                forward_sample_nhwc(x, res, s, y, L, i, eps, weight, bias, mean, rstd,
+                forward_groups_nhwc(x, res, s, y, L, i, 0, L.G, eps, weight, bias, mean, rstd,
                                     scratch, coef)
         else:
             for i in prange(L.N, schedule='static', num_threads=threads):
                 t = threadid()
-                forward_sample_nhwc(x, res, s, y, L, i, eps, weight, bias, mean, rstd,
+                forward_groups_nhwc(x, res, s, y, L, i, 0, L.G, eps, weight, bias, mean, rstd,
                                     scratch + t * 4 * L.C, coef + t * 3 * L.C)
+        return
+    if cuts > 1 and granges > 1:
+        for j in prange(L.N * granges, schedule='static', num_threads=threads):
+            i = j // granges
+            forward_groups_nhwc(x, res, s, y, L, i, j % granges * L.G // granges,
+                                (j % granges + 1) * L.G // granges, eps, weight, bias, mean,
+                                rstd, scratch + i * 4 * L.C, coef + i * 3 * L.C)
         return
     for j in prange(L.N * ranges, schedule='static', num_threads=threads):
         i = j // ranges
@@ -811,8 +828,8 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
         channel_moments_nhwc(x, res, s, L, i, c0, c1, scratch + i * 4 * L.C,
                              scratch + i * 4 * L.C + 2 * L.C)
     for i in range(L.N):
-        group_stats_nhwc(L, i, scratch + i * 4 * L.C + 2 * L.C, eps, mean, rstd)
-        channel_coefficients(L, i, mean, rstd, weight, bias, coef + i * 3 * L.C,
+        group_stats_nhwc(L, i, 0, L.G, scratch + i * 4 * L.C + 2 * L.C, eps, mean, rstd)
+        channel_coefficients(L, i, 0, L.G, mean, rstd, weight, bias, coef + i * 3 * L.C,
                              coef + i * 3 * L.C + L.C, coef + i * 3 * L.C + 2 * L.C)
     for j in prange(items, schedule='static', num_threads=threads):
         i = j // (L.row_chunks * cuts)
@@ -968,56 +985,70 @@ cdef void channel_sums_nhwc(const char* dy, const char* x, char* dx, const Layou
             ds[i * L.C + c] = ds[i * L.C + c] + chunk[L.C + c]
 
 
-cdef void grad_coefficients(const Layout* L, Py_ssize_t i, const double* terms,
-                            real* coef) noexcept nogil:
-    """Append c1, c0 per channel of sample i to coef (m, a, b already there)."""
+cdef void grad_coefficients(const Layout* L, Py_ssize_t i, Py_ssize_t c0, Py_ssize_t c1,
+                            const double* terms, real* coef) noexcept nogil:
+    """Append c1, c0 per channel [c0, c1) of sample i to coef (m, a, b already there)."""
     cdef Py_ssize_t c, p
-    for c in range(L.C):
+    for c in range(c0, c1):
         p = i * L.G + c // L.Cg
         coef[3 * L.C + c] = <real>terms[2 * p]
         coef[4 * L.C + c] = <real>terms[2 * p + 1]
 
 
-cdef void backward_sample_nhwc(const char* dy, const char* x, char* dx, const Layout* L,
-                               Py_ssize_t i, const real* mean, const real* rstd,
-                               const real* weight, const real* bias, double* db, double* ds,
-                               double* terms, double* chunk, real* coef) noexcept nogil:
-    cdef Py_ssize_t g
-    channel_coefficients(L, i, mean, rstd, weight, bias, coef, coef + L.C, coef + 2 * L.C)
-    channel_sums_nhwc(dy, x, dx, L, i, 0, L.C, coef, chunk, db, ds)
-    for g in range(L.G):
+cdef void backward_groups_nhwc(const char* dy, const char* x, char* dx, const Layout* L,
+                               Py_ssize_t i, Py_ssize_t g0, Py_ssize_t g1, const real* mean,
+                               const real* rstd, const real* weight, const real* bias,
+                               double* db, double* ds, double* terms, double* chunk,
+                               real* coef) noexcept nogil:
+    """Groups [g0, g1) of sample i, from their channels' sums to their grad_x. chunk: 2C
+    doubles, coef: 5C reals, of which the groups' channels are used."""
+    cdef Py_ssize_t g, c0 = g0 * L.Cg, c1 = g1 * L.Cg
+    channel_coefficients(L, i, g0, g1, mean, rstd, weight, bias, coef, coef + L.C,
+                         coef + 2 * L.C)
+    channel_sums_nhwc(dy, x, dx, L, i, c0, c1, coef, chunk, db, ds)
+    for g in range(g0, g1):
         pair_terms(L, i * L.G + g, rstd, weight, db, ds, terms)
-    grad_coefficients(L, i, terms, coef)
-    rows_grad_x(at(dy, i * L.dsN, L), at(x, i * L.xsN, L), at(dx, i * L.ysN, L), L.S, L.C, L, coef,
-                coef + L.C, coef + 2 * L.C, coef + 3 * L.C, coef + 4 * L.C)
+    grad_coefficients(L, i, c0, c1, terms, coef)
+    rows_grad_x(at(dy, i * L.dsN + c0, L), at(x, i * L.xsN + c0, L), at(dx, i * L.ysN + c0, L),
+                L.S, c1 - c0, L, coef + c0, coef + L.C + c0, coef + 2 * L.C + c0,
+                coef + 3 * L.C + c0, coef + 4 * L.C + c0)
 
 
 cdef void backward_nhwc(const char* dy, const char* x, char* dx, const Layout* L,
                         const real* mean, const real* rstd, const real* weight,
                         const real* bias, double* db, double* ds, double* terms,
                         double* chunk, real* coef, bint split, int threads) noexcept nogil:
-    """One task per sample; or, split, channel ranges in parallel for the sums and row
-    chunks for grad_x. chunk: 2C doubles and coef: 5C reals per thread, or per sample when
-    split."""
+    """One task per sample; or, split, as forward_nhwc: with few row chunks and more than
+    one group, one per range of whole groups of a sample; else channel ranges in parallel
+    for the sums and row chunks for grad_x. chunk: 2C doubles and coef: 5C reals per
+    thread, or per sample when split."""
     cdef Py_ssize_t i, j, g, r0, c0, c1, t
     cdef Py_ssize_t ranges = channel_ranges(L, threads)
     # the output pass by row chunks, and by channel ranges too when the chunks are few
     cdef Py_ssize_t cuts = ranges if L.N * L.row_chunks < OUTPUT_CUT_CHUNKS * threads else 1
     cdef Py_ssize_t items = L.N * L.row_chunks * cuts
+    cdef Py_ssize_t granges = min(<Py_ssize_t>threads, L.G)
     cdef const real* cf
     if not split:
         if threads == 1:
             for i in range(L.N):
-                backward_sample_nhwc(dy, x, dx, L, i, mean, rstd, weight, bias, db, ds, terms,
-                                     chunk, coef)
+                backward_groups_nhwc(dy, x, dx, L, i, 0, L.G, mean, rstd, weight, bias, db, ds,
+                                     terms, chunk, coef)
         else:
             for i in prange(L.N, schedule='static', num_threads=threads):
                 t = threadid()
-                backward_sample_nhwc(dy, x, dx, L, i, mean, rstd, weight, bias, db, ds, terms,
-                                     chunk + t * 2 * L.C, coef + t * 5 * L.C)
+                backward_groups_nhwc(dy, x, dx, L, i, 0, L.G, mean, rstd, weight, bias, db, ds,
+                                     terms, chunk + t * 2 * L.C, coef + t * 5 * L.C)
+        return
+    if cuts > 1 and granges > 1:
+        for j in prange(L.N * granges, schedule='static', num_threads=threads):
+            i = j // granges
+            backward_groups_nhwc(dy, x, dx, L, i, j % granges * L.G // granges,
+                                 (j % granges + 1) * L.G // granges, mean, rstd, weight, bias,
+                                 db, ds, terms, chunk + i * 2 * L.C, coef + i * 5 * L.C)
         return
     for i in range(L.N):
-        channel_coefficients(L, i, mean, rstd, weight, bias, coef + i * 5 * L.C,
+        channel_coefficients(L, i, 0, L.G, mean, rstd, weight, bias, coef + i * 5 * L.C,
                              coef + i * 5 * L.C + L.C, coef + i * 5 * L.C + 2 * L.C)
     for j in prange(L.N * ranges, schedule='static', num_threads=threads):
         i = j // ranges
@@ -1028,7 +1059,7 @@ cdef void backward_nhwc(const char* dy, const char* x, char* dx, const Layout* L
     for i in range(L.N):
         for g in range(L.G):
             pair_terms(L, i * L.G + g, rstd, weight, db, ds, terms)
-        grad_coefficients(L, i, terms, coef + i * 5 * L.C)
+        grad_coefficients(L, i, 0, L.C, terms, coef + i * 5 * L.C)
     for j in prange(items, schedule='static', num_threads=threads):
         i = j // (L.row_chunks * cuts)
         r0 = (j // cuts % L.row_chunks) * ROW_CHUNK
