@@ -186,13 +186,16 @@ cdef enum:
     MAX_SPANS = 64
     # Rows per chunk (channels-last).
     ROW_CHUNK = 64
-    # Channels-last split paths cut a sample's channels into ranges of whole blocks of this
-    # many channels (4 vectors of float32 under AVX2, the widest block the loops use there;
-    # 2 under AVX-512).
+    # Channels-last split paths with many row chunks cut a sample's channels into ranges of
+    # whole blocks of this many channels (4 vectors of float32 under AVX2, the widest block
+    # the loops use there; 2 under AVX-512) for the statistics.
     RANGE_ALIGN = 32
     # Channels-last split paths write outputs by row chunks; with fewer than this many per
-    # thread, by channel ranges of row chunks too (1 x 2048 x 7 x 7 at 2 threads: forward
-    # 1.25x, backward 1.56x faster; cutting long rows costs 0.87x on 1 x 320 x 64 x 64).
+    # thread, the rows are cut by channels too: into ranges of whole groups, each task then
+    # taking its groups from statistics to outputs, when that makes as many tasks as channel
+    # ranges would, else by the channel ranges (1 x 2048 x 7 x 7 at 2 threads: forward
+    # 1.25x, backward 1.56x faster than row chunks alone, and by groups 1.22x and 1.20x
+    # faster again; cutting long rows costs 0.87x on 1 x 320 x 64 x 64).
     OUTPUT_CUT_CHUNKS = 4
     # Below this many elements per thread, waking another thread costs more than it saves.
     MIN_WORK_PER_THREAD = 32768
@@ -210,8 +213,9 @@ cdef enum:
     # The forward's output pass over a pair asks for the next pair's lines as it goes, so
     # that their fetch overlaps its arithmetic: with SiLU, whose arithmetic bounds that pass
     # (1.03-1.06x on tensors in L3, 1.4x on 8 x 256 x 56 x 56 float32), and without it from
-    # PREFETCH_BYTES of x (1.25x on 8 x 256 x 56 x 56; 0.87-0.97x on tensors in L3, where
-    # the fetches only compete with the pass's own).
+    # PREFETCH_BYTES of x (1.20-1.24x on 8 x 256 x 56 x 56; 0.87-0.97x on tensors in L3,
+    # where the fetches only compete with the pass's own). Not with a residual: the next
+    # pair's sum is not written yet.
     PREFETCH_BYTES = 1 << 24
 
 # Storage kinds of the data arrays.
@@ -664,9 +668,9 @@ cdef void forward_nchw(const char* x, const char* res, char* s, char* y, const L
 # vector lanes), merged per channel in chunk order as they come; then over the channels of
 # each group; then per-channel coefficient vectors (m, a, b) and one pass over the rows.
 # Scratch is O(C) per sample, never per chunk: with few samples for the threads, the
-# channels are cut into ranges that run in parallel, each over all the rows. A channel's
-# arithmetic is the same in any range (lanes are independent), so the bits do not depend
-# on the cut.
+# channels are cut into ranges that run in parallel, each over all the rows (ranges of
+# whole groups when the rows are few; see OUTPUT_CUT_CHUNKS). A channel's arithmetic is
+# the same in any range (lanes are independent), so the bits do not depend on the cut.
 
 
 cdef void channel_moments_nhwc(const char* x, const char* res, char* s, const Layout* L,
@@ -759,6 +763,19 @@ cdef inline Py_ssize_t range_start(const Layout* L, Py_ssize_t ranges,
     return min(L.C, k * per)
 
 
+cdef inline Py_ssize_t group_start(const Layout* L, Py_ssize_t ranges,
+                                   Py_ssize_t k) noexcept nogil:
+    """First group of range k of `ranges` ranges of whole groups (G for k = ranges)."""
+    return k * L.G // ranges
+
+
+cdef inline bint by_groups(const Layout* L, Py_ssize_t cuts, Py_ssize_t ranges,
+                           int threads) noexcept nogil:
+    """Whether a channels-last split path with `cuts` output cuts and `ranges` channel
+    ranges runs one task per range of whole groups instead (see OUTPUT_CUT_CHUNKS)."""
+    return cuts > 1 and min(<Py_ssize_t>threads, L.G) >= ranges
+
+
 cdef inline Py_ssize_t channel_ranges(const Layout* L, int threads) noexcept nogil:
     """How many channel ranges a sample is cut into on the split paths."""
     return min(<Py_ssize_t>threads, (L.C + RANGE_ALIGN - 1) // RANGE_ALIGN)
@@ -787,12 +804,12 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
                        double eps, const real* weight, const real* bias, real* mean,
                        real* rstd, double* scratch, real* coef, bint split,
                        int threads) noexcept nogil:
-    """One task per sample; or, split, with few row chunks and more than one group, one
-    per range of whole groups of a sample, each from moments to outputs (no pass hands
-    data to another thread: on AMD Zen 5, 1 x 2048 x 7 x 7 at 2 threads took 2x as long
-    with the statistics merged between parallel passes); else channel ranges in parallel
-    for the statistics and row chunks for the outputs. scratch: 4C doubles and coef: 3C
-    reals per thread, or per sample when split."""
+    """One task per sample; or, split, with few row chunks (by_groups), one per range of
+    whole groups of a sample, each from moments to outputs (no pass hands data to another
+    thread: on AMD Zen 5, 1 x 2048 x 7 x 7 at 2 threads took 2x as long with the statistics
+    merged between parallel passes); else channel ranges in parallel for the statistics and
+    row chunks (cut by channel ranges when few) for the outputs. scratch: 4C doubles and
+    coef: 3C reals per thread, or per sample when split."""
     cdef Py_ssize_t i, j, r0, c0, c1, t
     cdef Py_ssize_t ranges = channel_ranges(L, threads)
     # the output pass by row chunks, and by channel ranges too when the chunks are few
@@ -814,12 +831,12 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
                 forward_groups_nhwc(x, res, s, y, L, i, 0, L.G, eps, weight, bias, mean, rstd,
                                     scratch + t * 4 * L.C, coef + t * 3 * L.C)
         return
-    if cuts > 1 and granges > 1:
+    if by_groups(L, cuts, ranges, threads):
         for j in prange(L.N * granges, schedule='static', num_threads=threads):
             i = j // granges
-            forward_groups_nhwc(x, res, s, y, L, i, j % granges * L.G // granges,
-                                (j % granges + 1) * L.G // granges, eps, weight, bias, mean,
-                                rstd, scratch + i * 4 * L.C, coef + i * 3 * L.C)
+            forward_groups_nhwc(x, res, s, y, L, i, group_start(L, granges, j % granges),
+                                group_start(L, granges, j % granges + 1), eps, weight, bias,
+                                mean, rstd, scratch + i * 4 * L.C, coef + i * 3 * L.C)
         return
     for j in prange(L.N * ranges, schedule='static', num_threads=threads):
         i = j // ranges
@@ -985,11 +1002,12 @@ cdef void channel_sums_nhwc(const char* dy, const char* x, char* dx, const Layou
             ds[i * L.C + c] = ds[i * L.C + c] + chunk[L.C + c]
 
 
-cdef void grad_coefficients(const Layout* L, Py_ssize_t i, Py_ssize_t c0, Py_ssize_t c1,
-                            const double* terms, real* coef) noexcept nogil:
-    """Append c1, c0 per channel [c0, c1) of sample i to coef (m, a, b already there)."""
+cdef void grad_coefficients(const Layout* L, Py_ssize_t i, Py_ssize_t first,
+                            Py_ssize_t end, const double* terms, real* coef) noexcept nogil:
+    """Append the terms c1, c0 of each channel in [first, end) of sample i to coef (m, a, b
+    already there)."""
     cdef Py_ssize_t c, p
-    for c in range(c0, c1):
+    for c in range(first, end):
         p = i * L.G + c // L.Cg
         coef[3 * L.C + c] = <real>terms[2 * p]
         coef[4 * L.C + c] = <real>terms[2 * p + 1]
@@ -1018,10 +1036,10 @@ cdef void backward_nhwc(const char* dy, const char* x, char* dx, const Layout* L
                         const real* mean, const real* rstd, const real* weight,
                         const real* bias, double* db, double* ds, double* terms,
                         double* chunk, real* coef, bint split, int threads) noexcept nogil:
-    """One task per sample; or, split, as forward_nhwc: with few row chunks and more than
-    one group, one per range of whole groups of a sample; else channel ranges in parallel
-    for the sums and row chunks for grad_x. chunk: 2C doubles and coef: 5C reals per
-    thread, or per sample when split."""
+    """One task per sample; or, split, as forward_nhwc: with few row chunks (by_groups), one
+    per range of whole groups of a sample; else channel ranges in parallel for the sums and
+    row chunks (cut by channel ranges when few) for grad_x. chunk: 2C doubles and coef: 5C
+    reals per thread, or per sample when split."""
     cdef Py_ssize_t i, j, g, r0, c0, c1, t
     cdef Py_ssize_t ranges = channel_ranges(L, threads)
     # the output pass by row chunks, and by channel ranges too when the chunks are few
@@ -1040,12 +1058,12 @@ cdef void backward_nhwc(const char* dy, const char* x, char* dx, const Layout* L
                 backward_groups_nhwc(dy, x, dx, L, i, 0, L.G, mean, rstd, weight, bias, db, ds,
                                      terms, chunk + t * 2 * L.C, coef + t * 5 * L.C)
         return
-    if cuts > 1 and granges > 1:
+    if by_groups(L, cuts, ranges, threads):
         for j in prange(L.N * granges, schedule='static', num_threads=threads):
             i = j // granges
-            backward_groups_nhwc(dy, x, dx, L, i, j % granges * L.G // granges,
-                                 (j % granges + 1) * L.G // granges, mean, rstd, weight, bias,
-                                 db, ds, terms, chunk + i * 2 * L.C, coef + i * 5 * L.C)
+            backward_groups_nhwc(dy, x, dx, L, i, group_start(L, granges, j % granges),
+                                 group_start(L, granges, j % granges + 1), mean, rstd, weight,
+                                 bias, db, ds, terms, chunk + i * 2 * L.C, coef + i * 5 * L.C)
         return
     for i in range(L.N):
         channel_coefficients(L, i, 0, L.G, mean, rstd, weight, bias, coef + i * 5 * L.C,

@@ -352,7 +352,7 @@ static inline gn_vf32 gn_vexpneg_parts_f32(gn_vf32 x, gn_vf32 *scale)
     const gn_vf32 t = GN_VFMA_f32(x, (gn_vf32){0} - 23.083120346069336f,
                                   (gn_vf32){0} + 12582912.0f);
     const gn_vf32 m = t - 12582912.0f;
-    const __m512i mi = _mm512_castps_si512((__m512)t);
+    const __m512i mi = _mm512_castps_si512((gn_mm32)t);
     gn_vf32 w = GN_VFMA_f32(m, (gn_vf32){0} + 0.693359375f / 16, x);
     gn_vf32 p;
     w = GN_VFMA_f32(m, (gn_vf32){0} - 2.12194440e-4f / 16, w);
@@ -391,28 +391,6 @@ static inline gn_vf32 gn_vexpneg_parts_f32(gn_vf32 x, gn_vf32 *scale)
 }
 #endif
 
-/* silu(p) = p / (1 + exp(-p)). Measured on every float from -87 up: within 3.2 ulp with
- * the AVX-512 exp, 3.6 ulp with the other. Lower, |silu(p)| < 1.1e-36; p is clamped at
- * -88.5 (the max keeps m in range and silu(-inf) finite), where the result is -3.2e-37
- * with the AVX-512 exp; with the other, exp(-p) rounds to 2^128 = inf from p = -88.38
- * down and the result is -0. Above 87.3, 1 + exp(-p) = 1 and the result is p. */
-static inline gn_vf32 gn_vsilu_f32(gn_vf32 p)
-{
-    gn_vf32 scale, e;
-    p = gn_vmax_f32(-88.5f, p);
-    e = gn_vexpneg_parts_f32(gn_vmin_f32(87.3f, p), &scale);
-    return p / GN_VFMA_f32(e, scale, (gn_vf32){0} + 1.0f);
-}
-
-/* sigmoid(p) = 1 / (1 + exp(-p)), p clamped as in gn_vsilu_f32 (0 or about 3.7e-39 from
- * -88.5 down; 1 above 87.3). */
-static inline gn_vf32 gn_vsigmoid_f32(gn_vf32 p)
-{
-    gn_vf32 scale, e;
-    e = gn_vexpneg_parts_f32(gn_vmin_f32(87.3f, gn_vmax_f32(-88.5f, p)), &scale);
-    return 1 / GN_VFMA_f32(e, scale, (gn_vf32){0} + 1.0f);
-}
-
 /* exp(-x) for double lanes, the same scheme as the degree-5 one with the 1.5 * 2^52 trick,
  * fdlibm's two-part ln2 and the Taylor polynomial of degree 13 (truncation error below
  * 1e-17 on |w| <= ln2 / 2); scale = 2^-m is infinity for m = -1024. */
@@ -435,25 +413,44 @@ static inline gn_vf64 gn_vexpneg_parts_f64(gn_vf64 x, gn_vf64 *scale)
     return p;
 }
 
-/* silu as gn_vsilu_f32: -0 from p = -709.44 down (|silu(p)| < 5.6e-306 there). */
-static inline gn_vf64 gn_vsilu_f64(gn_vf64 p)
-{
-    gn_vf64 scale, e;
-    p = gn_vmax_f64(-709.6, p);
-    e = gn_vexpneg_parts_f64(gn_vmin_f64(708.0, p), &scale);
-    return p / GN_VFMA_f64(e, scale, (gn_vf64){0} + 1.0);
+/* silu(p) = p / (1 + exp(-p)) and silu'(p) = s (1 + p (1 - s)) with s = sigmoid(p) =
+ * 1 / (1 + exp(-p)), for float (f32) or double (f64) lanes. silu clamps p at LO (the max
+ * keeps m in range and silu(-inf) finite) and exp's argument at HI, above which
+ * 1 + exp(-p) = 1 and the result is p; silu' clamps p to [LO, HI] first, so it is 1 from HI
+ * up and silu'(LO) from LO down, infinities included.
+ * - float, LO = -88.5, HI = 87.3. Measured on every float from -87 up: silu within 3.2 ulp
+ *   with the AVX-512 exp, 3.6 ulp with the other; sigmoid within 3.1 and 3.4 ulp. Lower,
+ *   |silu(p)| < 1.5e-36: from LO down silu is -3.2e-37 and silu' about -3.2e-37 with the
+ *   AVX-512 exp; with the other exp(-p) rounds to 2^128 = inf from p = -88.38 down, and
+ *   both are -0.
+ * - double, LO = -709.6, HI = 708.0: both -0 from p = -709.44 down (|silu(p)| < 5.6e-306
+ *   there). */
+#define GN_DEFINE_SILU(VT, SUF, LO, HI)                                                   \
+static inline VT gn_vsilu_##SUF(VT p)                                                     \
+{                                                                                         \
+    VT scale, e;                                                                          \
+    p = gn_vmax_##SUF(LO, p);                                                             \
+    e = gn_vexpneg_parts_##SUF(gn_vmin_##SUF(HI, p), &scale);                             \
+    return p / GN_VFMA_##SUF(e, scale, (VT){0} + 1);                                      \
+}                                                                                         \
+                                                                                          \
+static inline VT gn_vsilu_grad_##SUF(VT p)                                                \
+{                                                                                         \
+    VT scale, e, s;                                                                       \
+    p = gn_vmin_##SUF(HI, gn_vmax_##SUF(LO, p));                                          \
+    e = gn_vexpneg_parts_##SUF(p, &scale);                                                \
+    s = 1 / GN_VFMA_##SUF(e, scale, (VT){0} + 1);                                         \
+    return s * (1 + p * (1 - s));                                                         \
 }
 
-static inline gn_vf64 gn_vsigmoid_f64(gn_vf64 p)
-{
-    gn_vf64 scale, e;
-    e = gn_vexpneg_parts_f64(gn_vmin_f64(708.0, gn_vmax_f64(-709.6, p)), &scale);
-    return 1 / GN_VFMA_f64(e, scale, (gn_vf64){0} + 1.0);
-}
+GN_DEFINE_SILU(gn_vf32, f32, -88.5f, 87.3f)
+GN_DEFINE_SILU(gn_vf64, f64, -709.6, 708.0)
 
 /* Half and bfloat16 compute in float. */
 #define gn_vsilu_f16 gn_vsilu_f32
 #define gn_vsilu_bf16 gn_vsilu_f32
+#define gn_vsilu_grad_f16 gn_vsilu_grad_f32
+#define gn_vsilu_grad_bf16 gn_vsilu_grad_f32
 
 /* Lane masks for the first n lanes, for AVX2's masked loads and stores of 4- and 8-byte
  * elements: a partial vector then costs no call to memcpy. */
@@ -730,7 +727,7 @@ static inline void gn_lanes_totals(const void *v, double *out) { (void)v; (void)
 
 /* ---- the loops, once per storage type ----------------------------------------------- */
 
-#define GN_DEFINE_KERNELS(ST, CT, SUF, VT, W, VFMA, SELECT, VSIGMOID)                        \
+#define GN_DEFINE_KERNELS(ST, CT, SUF, VT, W, VFMA, SELECT)                               \
                                                                                           \
 static inline VT gn_splat_##SUF(CT v) { return (VT){0} + v; }                              \
                                                                                           \
@@ -817,10 +814,8 @@ static inline VT gn_act_grad_##SUF(VT g, VT p, int act)                         
 {                                                                                         \
     if (act == GN_ACT_RELU)                                                               \
         return SELECT(p > 0, g, (VT){0});                                                 \
-    if (act == GN_ACT_SILU) {                                                             \
-        VT s = VSIGMOID(p);                                                               \
-        return g * (s * (1 + p * (1 - s)));                                               \
-    }                                                                                     \
+    if (act == GN_ACT_SILU)                                                               \
+        return g * gn_vsilu_grad_##SUF(p);                                                \
     return g;                                                                             \
 }                                                                                         \
                                                                                           \
@@ -893,7 +888,7 @@ static inline VT gn_affine_vec_##SUF(VT x, VT vm, VT va, VT vb, int act)        
     return gn_act_##SUF(VFMA(gn_center_##SUF(x, vm), va, vb), act);                       \
 }                                                                                         \
                                                                                           \
-/* ahead (elements, 0 for none): the lines that far past those read are asked for as the \
+/* ahead (elements, 0 for none): the lines that far past those read are asked for as the  \
  * loop goes (the next pair's, so that their fetch overlaps this pair's arithmetic; see   \
  * PREFETCH_BYTES in _kernels.pxi). */                                                    \
 static inline void gn_affine_##SUF(const ST *x, ST *y, ptrdiff_t n, CT m, CT a, CT b,     \
@@ -1167,7 +1162,7 @@ static void gn_pair_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t Cg
 }                                                                                         \
                                                                                           \
 /* gn_affine over Cg channels of S elements, channel k at x + k * xs and y + k * ys, with  \
- * a_k and b_k as in gn_pair_grad_sums, asking for the lines `ahead` past each. */       \
+ * a_k and b_k as in gn_pair_grad_sums, asking for the lines `ahead` past each. */        \
 static void gn_pair_affine_##SUF(const ST *x, ST *y, ptrdiff_t Cg, ptrdiff_t S,            \
                                  ptrdiff_t xs, ptrdiff_t ys, CT m, double r, const CT *w, \
                                  const CT *bias, int act, ptrdiff_t ahead)                \
@@ -1463,13 +1458,9 @@ static inline void gn_rows_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdi
  * ran 2x faster than 16). */
 #define GN_TILE_BYTES 8192
 
-GN_DEFINE_KERNELS(float, float, f32, gn_vf32, GN_W32, GN_VFMA_f32, gn_select_f32,
-                  gn_vsigmoid_f32)
-GN_DEFINE_KERNELS(double, double, f64, gn_vf64, GN_W64, GN_VFMA_f64, gn_select_f64,
-                  gn_vsigmoid_f64)
-GN_DEFINE_KERNELS(uint16_t, float, f16, gn_vf32, GN_W32, GN_VFMA_f32, gn_select_f32,
-                  gn_vsigmoid_f32)
-GN_DEFINE_KERNELS(uint16_t, float, bf16, gn_vf32, GN_W32, GN_VFMA_f32, gn_select_f32,
-                  gn_vsigmoid_f32)
+GN_DEFINE_KERNELS(float, float, f32, gn_vf32, GN_W32, GN_VFMA_f32, gn_select_f32)
+GN_DEFINE_KERNELS(double, double, f64, gn_vf64, GN_W64, GN_VFMA_f64, gn_select_f64)
+GN_DEFINE_KERNELS(uint16_t, float, f16, gn_vf32, GN_W32, GN_VFMA_f32, gn_select_f32)
+GN_DEFINE_KERNELS(uint16_t, float, bf16, gn_vf32, GN_W32, GN_VFMA_f32, gn_select_f32)
 
 #endif

@@ -233,19 +233,20 @@ def test_out_is_x_in_place(rng, case, dtype, layout):
         assert np.isnan(x.base[gaps]).all() and np.isnan(base_before[gaps]).all()
 
 
+@pytest.mark.parametrize("num_threads", [1, 2])
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
-def test_large_forward_asks_for_the_next_pair(rng, dtype):
+def test_large_forward_asks_for_the_next_pair(rng, dtype, num_threads):
     """From 16 MiB of x, the output pass over a pair prefetches the next pair's lines, the
-    next sample's after a sample's last group: no value changes, against the reference
-    and bit for bit against each sample alone."""
+    next sample's after a sample's last group (one task per pair at these thread counts):
+    no value changes, against the reference and bit for bit against each sample alone."""
     shape, num_groups = (3, 8, 521, 519), 4
     x = random_array(rng, shape, dtype)
     assert x.nbytes >= 1 << 24
     weight, bias = random_affine(rng, shape[1], dtype)
-    y = check_forward(x, num_groups, weight, bias)[0]
+    y = check_forward(x, num_groups, weight, bias, num_threads=num_threads)[0]
     for i in range(shape[0]):
-        assert_bitwise(fast_forward(x[i:i + 1], num_groups, weight, bias)[0], y[i:i + 1],
-                       f"sample {i}")
+        alone = fast_forward(x[i:i + 1], num_groups, weight, bias, num_threads=num_threads)
+        assert_bitwise(alone[0], y[i:i + 1], f"sample {i}")
 
 
 @pytest.mark.parametrize("module_name", compiled_kernel_modules())
