@@ -769,11 +769,12 @@ cdef inline Py_ssize_t group_start(const Layout* L, Py_ssize_t ranges,
     return k * L.G // ranges
 
 
-cdef inline bint by_groups(const Layout* L, Py_ssize_t cuts, Py_ssize_t ranges,
-                           int threads) noexcept nogil:
+cdef inline bint by_groups(Py_ssize_t cuts, Py_ssize_t ranges,
+                           Py_ssize_t granges) noexcept nogil:
     """Whether a channels-last split path with `cuts` output cuts and `ranges` channel
-    ranges runs one task per range of whole groups instead (see OUTPUT_CUT_CHUNKS)."""
-    return cuts > 1 and min(<Py_ssize_t>threads, L.G) >= ranges
+    ranges runs one task per range of whole groups (`granges` of them) instead (see
+    OUTPUT_CUT_CHUNKS)."""
+    return cuts > 1 and granges >= ranges
 
 
 cdef inline Py_ssize_t channel_ranges(const Layout* L, int threads) noexcept nogil:
@@ -831,7 +832,7 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
                 forward_groups_nhwc(x, res, s, y, L, i, 0, L.G, eps, weight, bias, mean, rstd,
                                     scratch + t * 4 * L.C, coef + t * 3 * L.C)
         return
-    if by_groups(L, cuts, ranges, threads):
+    if by_groups(cuts, ranges, granges):
         for j in prange(L.N * granges, schedule='static', num_threads=threads):
             i = j // granges
             forward_groups_nhwc(x, res, s, y, L, i, group_start(L, granges, j % granges),
@@ -1058,7 +1059,7 @@ cdef void backward_nhwc(const char* dy, const char* x, char* dx, const Layout* L
                 backward_groups_nhwc(dy, x, dx, L, i, 0, L.G, mean, rstd, weight, bias, db, ds,
                                      terms, chunk + t * 2 * L.C, coef + t * 5 * L.C)
         return
-    if by_groups(L, cuts, ranges, threads):
+    if by_groups(cuts, ranges, granges):
         for j in prange(L.N * granges, schedule='static', num_threads=threads):
             i = j // granges
             backward_groups_nhwc(dy, x, dx, L, i, group_start(L, granges, j % granges),
