@@ -42,6 +42,7 @@ cdef extern from "_platform.h" nogil:
 
 cdef extern from "_simd.h" nogil:
     enum:
+        GN_VBYTES
         GN_ACT_NONE
         GN_ACT_RELU
         GN_ACT_SILU
@@ -777,6 +778,17 @@ cdef inline bint by_groups(Py_ssize_t cuts, Py_ssize_t ranges,
     return cuts > 1 and granges >= ranges
 
 
+cdef inline real* aligned_like(real* p, const char* x, const Layout* L) noexcept nogil:
+    """p moved on by less than a vector of reals, so that p + c starts a vector wherever
+    x + c (in storage elements) does: gn_rows_affine peels x's rows to vector alignment
+    (gn_rows_head), and the coefficient vectors it loads with x's then align too. p needs
+    GN_VBYTES bytes to spare."""
+    cdef size_t lanes = GN_VBYTES // sizeof(real)
+    cdef size_t want = (<size_t>x // <size_t>L.item) % lanes
+    cdef size_t have = (<size_t>p // sizeof(real)) % lanes
+    return p + (want + lanes - have) % lanes
+
+
 cdef inline Py_ssize_t channel_ranges(const Layout* L, int threads) noexcept nogil:
     """How many channel ranges a sample is cut into on the split paths."""
     return min(<Py_ssize_t>threads, (L.C + RANGE_ALIGN - 1) // RANGE_ALIGN)
@@ -821,6 +833,7 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
     cdef const char* src = x if res == NULL else <const char*>s  # outputs normalized from
     cdef Py_ssize_t srcN = L.xsN if res == NULL else L.ssN
     cdef Py_ssize_t srcs = L.xs if res == NULL else L.ss
+    coef = aligned_like(coef, src, L)
     if not split:
         if threads == 1:
             for i in range(L.N):
@@ -1691,9 +1704,9 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
         split = threads > 1 and N < 2 * threads
         # Per thread, or per sample when split (then N < 2 * threads): one row chunk's
         # moments (2C), the channels' merged moments (2C), the coefficients (3C, in float64
-        # slots whatever the compute type).
+        # slots whatever the compute type, and a vector to spare for aligned_like).
         tasks = N if split else threads
-        scratch = np.empty(7 * tasks * C, dtype=F64)
+        scratch = np.empty(7 * tasks * C + GN_VBYTES // 8, dtype=F64)
         pscr = ptr(scratch)
         with nogil:
             if typenum == cnp.NPY_FLOAT32:

@@ -66,6 +66,37 @@ def test_sample_inside_other_batches(rng, case, dtype):
             assert_bitwise(a, b[where:where + 1], f"{name}, sample {where} of {batch}")
 
 
+def at_offset(values, offset):
+    """A C-contiguous copy of values starting `offset` elements into a fresh buffer."""
+    buffer = np.empty(values.size + 64, values.dtype)
+    placed = buffer[offset:offset + values.size].reshape(values.shape)
+    placed[...] = values
+    return placed
+
+
+@pytest.mark.parametrize("module_name", compiled_kernel_modules())
+@pytest.mark.parametrize("dtype", FLOATS + (np.float16,), ids=["f32", "f64", "f16"])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_channels_last_bits_do_not_depend_on_alignment(rng, module_name, dtype, activation):
+    """Channels-last rows are peeled to vector alignment (whole cache lines for the rest),
+    so each alignment of x and y cuts a row's channels into vectors differently."""
+    module = import_kernel_module(module_name)
+    x = random_array(rng, (2, 160, 3, 5), dtype).transpose(0, 2, 3, 1)  # (N, H, W, C)
+    weight, bias = random_affine(rng, 160, dtype)
+    results = []
+    for x_offset, y_offset in [(0, 0), (1, 1), (3, 3), (4, 4), (5, 2), (12, 12), (8, 0)]:
+        xo = at_offset(x, x_offset)
+        y = at_offset(np.zeros_like(x), y_offset)
+        stats = module.group_norm(xo, 8, weight, bias, channel_axis=-1, out=y,
+                                  activation=activation, return_stats=True)
+        assert stats[0] is y
+        results.append(((x_offset, y_offset), stats))
+    (_, first), rest = results[0], results[1:]
+    for offsets, stats in rest:
+        for name, a, b in zip(("y", "mean", "rstd"), stats, first):
+            assert_bitwise(a, b, f"{name} of {module_name} at element offsets {offsets}")
+
+
 # ---------------------------------------------------------------------------------------
 # Thread invariance: the same bits for every thread count, by keyword or by threadpoolctl.
 
