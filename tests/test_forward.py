@@ -235,12 +235,14 @@ def test_out_is_x_in_place(rng, case, dtype, layout):
 
 @pytest.mark.parametrize("num_threads", [1, 2])
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
-def test_large_forward_asks_for_the_next_pair(rng, dtype, num_threads):
+@pytest.mark.parametrize("layout", ["C", "channels_last"])
+def test_large_forward_asks_for_the_next_pair(rng, dtype, num_threads, layout):
     """From 16 MiB of x, the output pass over a pair prefetches the next pair's lines, the
-    next sample's after a sample's last group (one task per pair at these thread counts):
-    no value changes, against the reference and bit for bit against each sample alone."""
-    shape, num_groups = (3, 8, 521, 519), 4
-    x = random_array(rng, shape, dtype)
+    next sample's after a sample's last group (one task per pair at these thread counts);
+    channels-last, the moments' pass over a row chunk the next chunk's: no value changes,
+    against the reference and bit for bit against each sample alone."""
+    shape, num_groups = ((3, 8, 521, 519), 4) if layout == "C" else ((2, 128, 130, 130), 8)
+    x = with_layout(random_array(rng, shape, dtype), layout)
     assert x.nbytes >= 1 << 24
     weight, bias = random_affine(rng, shape[1], dtype)
     y = check_forward(x, num_groups, weight, bias, num_threads=num_threads)[0]
