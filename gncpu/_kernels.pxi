@@ -668,54 +668,77 @@ cdef void forward_nchw(const char* x, const char* res, char* s, char* y, const L
 
 # ---------------------------------------------------------------------------------------
 # Forward, channels-last. Per sample: the per-channel moments of each row chunk (channels in
-# vector lanes), merged per channel in chunk order as they come; then over the channels of
-# each group; then per-channel coefficient vectors (m, a, b) and one pass over the rows.
-# Scratch is O(C) per sample, never per chunk: with few samples for the threads, the
-# channels are cut into ranges that run in parallel, each over all the rows (ranges of
-# whole groups when the rows are few; see OUTPUT_CUT_CHUNKS). A channel's arithmetic is
-# the same in any range (lanes are independent), so the bits do not depend on the cut.
+# vector lanes), merged per channel in chunk order within spans of consecutive chunks (at
+# most MAX_SPANS per sample), then span by span; then over the channels of each group; then
+# per-channel coefficient vectors (m, a, b) and one pass over the rows. Scratch is O(C) per
+# sample and span, never per chunk. With few samples for the threads, the spans run in
+# parallel, each over all the channels (by ranges of whole groups from statistics to
+# outputs when the rows are few; see OUTPUT_CUT_CHUNKS). A channel's arithmetic is the
+# same in any range (lanes are independent), so the bits do not depend on the cut.
 
 
-cdef void channel_moments_nhwc(const char* x, const char* res, char* s, const Layout* L,
-                               Py_ssize_t i, Py_ssize_t c0, Py_ssize_t c1, double* chunk,
-                               double* run) noexcept nogil:
-    """(mean, M2) of channels [c0, c1) of sample i over all rows, as run[c], run[C + c].
-    Row chunk j's moments go to chunk (same layout) and are merged into run by Chan's
-    formula. Every channel of a chunk has the same count, so the factors nb / n and
-    na * nb / n are computed once per chunk and the loop over channels is division-free.
-    With a residual, s = x + residual is written as the chunks are read; without, from
-    PREFETCH_BYTES of x, a chunk's pass asks for the next chunk's lines."""
-    cdef Py_ssize_t j, c, r, r0, width = c1 - c0
-    cdef double n_run = 0, rows, f
-    cdef const char* src
-    cdef Py_ssize_t srcN, srcs
+cdef inline void merge_channel_moments(const Layout* L, Py_ssize_t c0, Py_ssize_t c1,
+                                       double* run, const double* part, double n_run,
+                                       double n_part) noexcept nogil:
+    """Merge the (mean, M2) of channels [c0, c1) over n_part rows in part into those over
+    n_run > 0 rows in run (layout: mean at [c], M2 at [C + c]) by Chan's formula. Every
+    channel has the same counts, so the factors nb / n and na * nb / n are computed once
+    and the loop over channels is division-free."""
+    cdef double f = n_part / (n_run + n_part)
+    gn_merge_channels(run + c0, run + L.C + c0, part + c0, part + L.C + c0, c1 - c0, f,
+                      n_run * f)
+
+
+cdef inline double span_rows(const Layout* L, Py_ssize_t t) noexcept nogil:
+    """Rows of span t of a sample (channels-last)."""
+    cdef Py_ssize_t per = span_chunks(L.row_chunks) * ROW_CHUNK
+    return <double>(min(L.S, (t + 1) * per) - t * per)
+
+
+cdef void span_moments_nhwc(const char* x, const char* res, char* s, const Layout* L,
+                            Py_ssize_t i, Py_ssize_t t, Py_ssize_t c0, Py_ssize_t c1,
+                            double* chunk, double* out) noexcept nogil:
+    """(mean, M2) of channels [c0, c1) of sample i over the rows of span t, as out[c],
+    out[C + c]: its row chunks' moments (in chunk) merged in order. With a residual, s =
+    x + residual is written as the chunks are read; without, from PREFETCH_BYTES of x, a
+    chunk's pass asks for the next chunk's lines."""
+    cdef Py_ssize_t per = span_chunks(L.row_chunks), j, r, r0, width = c1 - c0
+    cdef double n_run = 0, rows
+    cdef double* part
+    cdef const char* src = x if res == NULL else <const char*>s
+    cdef Py_ssize_t srcN = L.xsN if res == NULL else L.ssN
+    cdef Py_ssize_t srcs = L.xs if res == NULL else L.ss
     # the next chunk's lines, asked for as a chunk is read (see PREFETCH_BYTES)
     cdef Py_ssize_t ahead = (ROW_CHUNK * L.xs if res == NULL
                              and L.N * L.C * L.S * L.item >= PREFETCH_BYTES else 0)
-    for j in range(L.row_chunks):
+    for j in range(t * per, min(L.row_chunks, (t + 1) * per)):
         r0 = j * ROW_CHUNK
         rows = <double>min(ROW_CHUNK, L.S - r0)
-        src = x
-        srcN = L.xsN
-        srcs = L.xs
         if res != NULL:
             for r in range(r0, r0 + <Py_ssize_t>rows):
                 add(at(x, i * L.xsN + r * L.xs + c0, L), at(res, i * L.rsN + r * L.rs + c0, L),
                     at(s, i * L.ssN + r * L.ss + c0, L), width, L)
-            src = s
-            srcN = L.ssN
-            srcs = L.ss
+        part = out if n_run == 0 else chunk  # the first chunk's moments go straight out
         rows_moments(at(src, i * srcN + r0 * srcs + c0, L), <Py_ssize_t>rows, srcs, width,
-                     ahead if j + 1 < L.row_chunks else 0, L, chunk + c0, chunk + L.C + c0)
-        if j == 0:
-            for c in range(c0, c1):
-                run[c] = chunk[c]
-                run[L.C + c] = chunk[L.C + c]
-        else:
-            f = rows / (n_run + rows)
-            gn_merge_channels(run + c0, run + L.C + c0, chunk + c0, chunk + L.C + c0, width, f,
-                              n_run * f)
+                     ahead if j + 1 < L.row_chunks else 0, L, part + c0, part + L.C + c0)
+        if n_run > 0:
+            merge_channel_moments(L, c0, c1, out, chunk, n_run, rows)
         n_run = n_run + rows
+
+
+cdef void channel_moments_nhwc(const char* x, const char* res, char* s, const Layout* L,
+                               Py_ssize_t i, Py_ssize_t c0, Py_ssize_t c1,
+                               double* scratch) noexcept nogil:
+    """(mean, M2) of channels [c0, c1) of sample i over all rows, as scratch[4C + c] and
+    scratch[5C + c], its spans' moments merged in order; scratch: 6C doubles."""
+    cdef Py_ssize_t t
+    cdef double n_run = span_rows(L, 0)
+    span_moments_nhwc(x, res, s, L, i, 0, c0, c1, scratch, scratch + 4 * L.C)
+    for t in range(1, span_count(L.row_chunks)):
+        span_moments_nhwc(x, res, s, L, i, t, c0, c1, scratch, scratch + 2 * L.C)
+        merge_channel_moments(L, c0, c1, scratch + 4 * L.C, scratch + 2 * L.C, n_run,
+                              span_rows(L, t))
+        n_run = n_run + span_rows(L, t)
 
 
 cdef void group_stats_nhwc(const Layout* L, Py_ssize_t i, Py_ssize_t g0, Py_ssize_t g1,
@@ -805,14 +828,14 @@ cdef void forward_groups_nhwc(const char* x, const char* res, char* s, char* y,
                               double eps, const real* weight, const real* bias, real* mean,
                               real* rstd, double* scratch, real* coef) noexcept nogil:
     """Groups [g0, g1) of sample i, from their channels' moments to their outputs
-    (normalized from x, or from the sum x + residual). scratch: 4C doubles, coef: 3C
+    (normalized from x, or from the sum x + residual). scratch: 6C doubles, coef: 3C
     reals, of which the groups' channels are used."""
     cdef const char* src = x if res == NULL else <const char*>s
     cdef Py_ssize_t srcN = L.xsN if res == NULL else L.ssN
     cdef Py_ssize_t srcs = L.xs if res == NULL else L.ss
     cdef Py_ssize_t c0 = g0 * L.Cg, c1 = g1 * L.Cg
-    channel_moments_nhwc(x, res, s, L, i, c0, c1, scratch, scratch + 2 * L.C)
-    group_stats_nhwc(L, i, g0, g1, scratch + 2 * L.C, eps, mean, rstd)
+    channel_moments_nhwc(x, res, s, L, i, c0, c1, scratch)
+    group_stats_nhwc(L, i, g0, g1, scratch + 4 * L.C, eps, mean, rstd)
     channel_coefficients(L, i, g0, g1, mean, rstd, weight, bias, coef, coef + L.C,
                          coef + 2 * L.C)
     rows_affine(at(src, i * srcN + c0, L), at(y, i * L.ysN + c0, L), L.S, c1 - c0, srcs, L.ys,
@@ -821,20 +844,24 @@ cdef void forward_groups_nhwc(const char* x, const char* res, char* s, char* y,
 
 cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const Layout* L,
                        double eps, const real* weight, const real* bias, real* mean,
-                       real* rstd, double* scratch, real* coef, bint split,
+                       real* rstd, double* scratch, double* parts, real* coef, bint split,
                        int threads) noexcept nogil:
     """One task per sample; or, split, with few row chunks (by_groups), one per range of
     whole groups of a sample, each from moments to outputs (no pass hands data to another
     thread: on AMD Zen 5, 1 x 2048 x 7 x 7 at 2 threads took 2x as long with the statistics
-    merged between parallel passes); else channel ranges in parallel for the statistics and
-    row chunks (cut by channel ranges when few) for the outputs. scratch: 4C doubles and
-    coef: 3C reals per thread, or per sample when split."""
-    cdef Py_ssize_t i, j, r0, c0, c1, t
+    merged between parallel passes); else the spans of row chunks in parallel for the
+    statistics and row chunks (cut by channel ranges when few) for the outputs. scratch:
+    6C doubles and coef: 3C reals per thread, or per sample when split; parts (split
+    only): 2C doubles per span of a sample and per thread."""
+    cdef Py_ssize_t i, j, k, r0, c0, c1, t
     cdef Py_ssize_t ranges = channel_ranges(L, threads)
+    cdef Py_ssize_t spans = span_count(L.row_chunks)
     # the output pass by row chunks, and by channel ranges too when the chunks are few
     cdef Py_ssize_t cuts = ranges if L.N * L.row_chunks < OUTPUT_CUT_CHUNKS * threads else 1
     cdef Py_ssize_t items = L.N * L.row_chunks * cuts
     cdef Py_ssize_t granges = min(<Py_ssize_t>threads, L.G)
+    cdef double n_run
+    cdef double* run
     cdef const real* cf
     cdef const char* src = x if res == NULL else <const char*>s  # outputs normalized from
     cdef Py_ssize_t srcN = L.xsN if res == NULL else L.ssN
@@ -849,23 +876,26 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
             for i in prange(L.N, schedule='static', num_threads=threads):
                 t = threadid()
                 forward_groups_nhwc(x, res, s, y, L, i, 0, L.G, eps, weight, bias, mean, rstd,
-                                    scratch + t * 4 * L.C, coef + t * 3 * L.C)
+                                    scratch + t * 6 * L.C, coef + t * 3 * L.C)
         return
     if by_groups(cuts, ranges, granges):
         for j in prange(L.N * granges, schedule='static', num_threads=threads):
             i = j // granges
             forward_groups_nhwc(x, res, s, y, L, i, group_start(L, granges, j % granges),
                                 group_start(L, granges, j % granges + 1), eps, weight, bias,
-                                mean, rstd, scratch + i * 4 * L.C, coef + i * 3 * L.C)
+                                mean, rstd, scratch + i * 6 * L.C, coef + i * 3 * L.C)
         return
-    for j in prange(L.N * ranges, schedule='static', num_threads=threads):
-        i = j // ranges
-        c0 = range_start(L, ranges, j % ranges)
-        c1 = range_start(L, ranges, j % ranges + 1)
-        channel_moments_nhwc(x, res, s, L, i, c0, c1, scratch + i * 4 * L.C,
-                             scratch + i * 4 * L.C + 2 * L.C)
-    for i in range(L.N):
-        group_stats_nhwc(L, i, 0, L.G, scratch + i * 4 * L.C + 2 * L.C, eps, mean, rstd)
+    for j in prange(L.N * spans, schedule='static', num_threads=threads):
+        t = threadid()
+        span_moments_nhwc(x, res, s, L, j // spans, j % spans, 0, L.C,
+                          parts + (L.N * spans + t) * 2 * L.C, parts + j * 2 * L.C)
+    for i in range(L.N):  # spans merged in order, into the first: as channel_moments_nhwc
+        run = parts + i * spans * 2 * L.C
+        n_run = span_rows(L, 0)
+        for k in range(1, spans):
+            merge_channel_moments(L, 0, L.C, run, run + k * 2 * L.C, n_run, span_rows(L, k))
+            n_run = n_run + span_rows(L, k)
+        group_stats_nhwc(L, i, 0, L.G, run, eps, mean, rstd)
         channel_coefficients(L, i, 0, L.G, mean, rstd, weight, bias, coef + i * 3 * L.C,
                              coef + i * 3 * L.C + L.C, coef + i * 3 * L.C + 2 * L.C)
     for j in prange(items, schedule='static', num_threads=threads):
@@ -1690,7 +1720,7 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
     cdef char* ps = ptr(s3)
     cdef char* py = ptr(y3)
     cdef char* pscr
-    cdef Py_ssize_t tasks
+    cdef Py_ssize_t tasks, parts
     if S == 0:  # empty groups: nothing to write, statistics undefined
         mean.fill(np.nan)
         rstd.fill(np.nan)
@@ -1708,21 +1738,24 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
                              <double*>pr, <Moments*>pscr, threads)
     else:
         split = threads > 1 and N < 2 * threads
-        # Per thread, or per sample when split (then N < 2 * threads): one row chunk's
-        # moments (2C), the channels' merged moments (2C), the coefficients (3C, in float64
-        # slots whatever the compute type, and a vector to spare for aligned_like).
+        # Per thread, or per sample when split (then N < 2 * threads): a row chunk's and a
+        # span's moments and the channels' merged moments (6C); when split, per span of a
+        # sample and per thread, 2C for the spans' moments in parallel; then per thread or
+        # sample the coefficients (3C, in float64 slots whatever the compute type, and a
+        # vector to spare for aligned_like).
         tasks = N if split else threads
-        scratch = np.empty(7 * tasks * C + GN_VBYTES // 8, dtype=F64)
+        parts = (N * span_count(L.row_chunks) + threads) * 2 * C if split else 0
+        scratch = np.empty(6 * tasks * C + parts + 3 * tasks * C + GN_VBYTES // 8, dtype=F64)
         pscr = ptr(scratch)
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 forward_nhwc(px, pres, ps, py, &L, e, <float*>pw, <float*>pb, <float*>pm,
-                             <float*>pr, <double*>pscr, <float*>(<double*>pscr + 4 * tasks * C),
-                             split, threads)
+                             <float*>pr, <double*>pscr, <double*>pscr + 6 * tasks * C,
+                             <float*>(<double*>pscr + 6 * tasks * C + parts), split, threads)
             else:
                 forward_nhwc(px, pres, ps, py, &L, e, <double*>pw, <double*>pb, <double*>pm,
-                             <double*>pr, <double*>pscr, <double*>pscr + 4 * tasks * C,
-                             split, threads)
+                             <double*>pr, <double*>pscr, <double*>pscr + 6 * tasks * C,
+                             <double*>pscr + 6 * tasks * C + parts, split, threads)
     if resout is not None and s3 is not resout:
         np.copyto(resout, s3)
     if outarr is not None:
