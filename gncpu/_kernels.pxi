@@ -23,6 +23,7 @@
 from cython.parallel cimport prange, threadid
 from libc.math cimport sqrt, NAN
 from libc.stdint cimport uint16_t
+from libc.string cimport memcpy
 cimport numpy as cnp
 import operator
 import numpy as np
@@ -1031,25 +1032,46 @@ cdef void backward_nchw(const char* dy, const char* x, char* dx, const Layout* L
                              bias, terms)
 
 
-cdef void channel_sums_nhwc(const char* dy, const char* x, char* dx, const Layout* L,
-                           Py_ssize_t i, Py_ssize_t c0, Py_ssize_t c1, const real* coef,
-                           double* chunk, double* db, double* ds) noexcept nogil:
-    """db = sum(g), ds = sum(g (x - m)) of channels [c0, c1) of sample i: each row chunk's
-    sums (in chunk[c], chunk[C + c]) added in chunk order; g kept in dx if L.keep_g."""
-    cdef Py_ssize_t j, c, r0
+cdef inline void add_sums(Py_ssize_t c0, Py_ssize_t c1, const double* pdb, const double* pds,
+                          double* db, double* ds) noexcept nogil:
+    """db[c] += pdb[c] and ds[c] += pds[c] for c in [c0, c1)."""
+    cdef Py_ssize_t c
     for c in range(c0, c1):
-        db[i * L.C + c] = 0
-        ds[i * L.C + c] = 0
-    for j in range(L.row_chunks):
+        db[c] = db[c] + pdb[c]
+        ds[c] = ds[c] + pds[c]
+
+
+cdef void span_sums_nhwc(const char* dy, const char* x, char* dx, const Layout* L,
+                         Py_ssize_t i, Py_ssize_t t, Py_ssize_t c0, Py_ssize_t c1,
+                         const real* coef, double* chunk, double* db,
+                         double* ds) noexcept nogil:
+    """db[c] = sum(g), ds[c] = sum(g (x - m)) of channels [c0, c1) of sample i over the rows
+    of span t: its row chunks' sums added in order (the first's written straight to db and
+    ds, the others' to chunk[c], chunk[C + c]); g kept in dx if L.keep_g."""
+    cdef Py_ssize_t per = span_chunks(L.row_chunks), j, r0
+    for j in range(t * per, min(L.row_chunks, (t + 1) * per)):
         r0 = j * ROW_CHUNK
         rows_grad_sums(at(dy, i * L.dsN + r0 * L.ds + c0, L),
                        at(x, i * L.xsN + r0 * L.xs + c0, L),
                        at(dx, i * L.ysN + r0 * L.ys + c0, L), min(ROW_CHUNK, L.S - r0),
                        c1 - c0, L, coef + c0, coef + L.C + c0, coef + 2 * L.C + c0,
-                       chunk + c0, chunk + L.C + c0)
-        for c in range(c0, c1):
-            db[i * L.C + c] = db[i * L.C + c] + chunk[c]
-            ds[i * L.C + c] = ds[i * L.C + c] + chunk[L.C + c]
+                       (db if j == t * per else chunk) + c0,
+                       (ds if j == t * per else chunk + L.C) + c0)
+        if j > t * per:
+            add_sums(c0, c1, chunk, chunk + L.C, db, ds)
+
+
+cdef void channel_sums_nhwc(const char* dy, const char* x, char* dx, const Layout* L,
+                            Py_ssize_t i, Py_ssize_t c0, Py_ssize_t c1, const real* coef,
+                            double* chunk, double* db, double* ds) noexcept nogil:
+    """db and ds of channels [c0, c1) of sample i: its spans' sums added in order. chunk:
+    4C doubles."""
+    cdef Py_ssize_t t
+    span_sums_nhwc(dy, x, dx, L, i, 0, c0, c1, coef, chunk, db + i * L.C, ds + i * L.C)
+    for t in range(1, span_count(L.row_chunks)):
+        span_sums_nhwc(dy, x, dx, L, i, t, c0, c1, coef, chunk, chunk + 2 * L.C,
+                       chunk + 3 * L.C)
+        add_sums(c0, c1, chunk + 2 * L.C, chunk + 3 * L.C, db + i * L.C, ds + i * L.C)
 
 
 cdef void grad_coefficients(const Layout* L, Py_ssize_t i, Py_ssize_t first,
@@ -1068,7 +1090,7 @@ cdef void backward_groups_nhwc(const char* dy, const char* x, char* dx, const La
                                const real* rstd, const real* weight, const real* bias,
                                double* db, double* ds, double* terms, double* chunk,
                                real* coef) noexcept nogil:
-    """Groups [g0, g1) of sample i, from their channels' sums to their grad_x. chunk: 2C
+    """Groups [g0, g1) of sample i, from their channels' sums to their grad_x. chunk: 4C
     doubles, coef: 5C reals, of which the groups' channels are used."""
     cdef Py_ssize_t g, c0 = g0 * L.Cg, c1 = g1 * L.Cg
     channel_coefficients(L, i, g0, g1, mean, rstd, weight, bias, coef, coef + L.C,
@@ -1085,13 +1107,16 @@ cdef void backward_groups_nhwc(const char* dy, const char* x, char* dx, const La
 cdef void backward_nhwc(const char* dy, const char* x, char* dx, const Layout* L,
                         const real* mean, const real* rstd, const real* weight,
                         const real* bias, double* db, double* ds, double* terms,
-                        double* chunk, real* coef, bint split, int threads) noexcept nogil:
+                        double* chunk, double* parts, real* coef, bint split,
+                        int threads) noexcept nogil:
     """One task per sample; or, split, as forward_nhwc: with few row chunks (by_groups), one
-    per range of whole groups of a sample; else channel ranges in parallel for the sums and
-    row chunks (cut by channel ranges when few) for grad_x. chunk: 2C doubles and coef: 5C
-    reals per thread, or per sample when split."""
-    cdef Py_ssize_t i, j, g, r0, c0, c1, t
+    per range of whole groups of a sample; else the spans of row chunks in parallel for the
+    sums and row chunks (cut by channel ranges when few) for grad_x. chunk: 4C doubles and
+    coef: 5C reals per thread, or per sample when split; parts (split only): 2C doubles
+    per span of a sample and per thread."""
+    cdef Py_ssize_t i, j, k, g, r0, c0, c1, t
     cdef Py_ssize_t ranges = channel_ranges(L, threads)
+    cdef Py_ssize_t spans = span_count(L.row_chunks)
     # the output pass by row chunks, and by channel ranges too when the chunks are few
     cdef Py_ssize_t cuts = ranges if L.N * L.row_chunks < OUTPUT_CUT_CHUNKS * threads else 1
     cdef Py_ssize_t items = L.N * L.row_chunks * cuts
@@ -1106,25 +1131,29 @@ cdef void backward_nhwc(const char* dy, const char* x, char* dx, const Layout* L
             for i in prange(L.N, schedule='static', num_threads=threads):
                 t = threadid()
                 backward_groups_nhwc(dy, x, dx, L, i, 0, L.G, mean, rstd, weight, bias, db, ds,
-                                     terms, chunk + t * 2 * L.C, coef + t * 5 * L.C)
+                                     terms, chunk + t * 4 * L.C, coef + t * 5 * L.C)
         return
     if by_groups(cuts, ranges, granges):
         for j in prange(L.N * granges, schedule='static', num_threads=threads):
             i = j // granges
             backward_groups_nhwc(dy, x, dx, L, i, group_start(L, granges, j % granges),
                                  group_start(L, granges, j % granges + 1), mean, rstd, weight,
-                                 bias, db, ds, terms, chunk + i * 2 * L.C, coef + i * 5 * L.C)
+                                 bias, db, ds, terms, chunk + i * 4 * L.C, coef + i * 5 * L.C)
         return
     for i in range(L.N):
         channel_coefficients(L, i, 0, L.G, mean, rstd, weight, bias, coef + i * 5 * L.C,
                              coef + i * 5 * L.C + L.C, coef + i * 5 * L.C + 2 * L.C)
-    for j in prange(L.N * ranges, schedule='static', num_threads=threads):
-        i = j // ranges
-        c0 = range_start(L, ranges, j % ranges)
-        c1 = range_start(L, ranges, j % ranges + 1)
-        channel_sums_nhwc(dy, x, dx, L, i, c0, c1, coef + i * 5 * L.C, chunk + i * 2 * L.C, db,
-                          ds)
-    for i in range(L.N):
+    for j in prange(L.N * spans, schedule='static', num_threads=threads):
+        t = threadid()
+        span_sums_nhwc(dy, x, dx, L, j // spans, j % spans, 0, L.C,
+                       coef + j // spans * 5 * L.C, parts + (L.N * spans + t) * 2 * L.C,
+                       parts + j * 2 * L.C, parts + j * 2 * L.C + L.C)
+    for i in range(L.N):  # spans added in order: as channel_sums_nhwc
+        memcpy(db + i * L.C, parts + i * spans * 2 * L.C, L.C * sizeof(double))
+        memcpy(ds + i * L.C, parts + i * spans * 2 * L.C + L.C, L.C * sizeof(double))
+        for k in range(1, spans):
+            add_sums(0, L.C, parts + (i * spans + k) * 2 * L.C,
+                     parts + (i * spans + k) * 2 * L.C + L.C, db + i * L.C, ds + i * L.C)
         for g in range(L.G):
             pair_terms(L, i * L.G + g, rstd, weight, db, ds, terms)
         grad_coefficients(L, i, 0, L.C, terms, coef + i * 5 * L.C)
@@ -1822,7 +1851,7 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
     (True, [6.0, 6.0, 6.0, 6.0])
     """
     cdef cnp.ndarray arr, dyarr, x3, dy3, dx3, w, b, m, r, buf, gw, gb
-    cdef Py_ssize_t N, C, S, G, sN = 0, s = 0, chunks, tasks = 0
+    cdef Py_ssize_t N, C, S, G, sN = 0, s = 0, chunks, tasks = 0, spans
     cdef int threads, typenum, st, act
     cdef bint last, split
     cdef Layout L
@@ -1854,16 +1883,18 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
     else:
         split = threads > 1 and N < 2 * threads
         tasks = N if split else threads
-        chunks = 7 * tasks * C
+        spans = (N * span_count(L.row_chunks) + threads) * 2 * C if split else 0
+        chunks = 9 * tasks * C + spans
     # Scratch: db and ds (N * C each), pair terms (2 per pair), then the chunk partial sums
-    # (channels-first, split only) or, channels-last, one row chunk's sums (2C) and the
-    # coefficients (5C) per thread, or per sample when split (then N < 2 * threads).
+    # (channels-first, split only) or, channels-last, a row chunk's and a span's sums (4C)
+    # and the coefficients (5C) per thread, or per sample when split (then N < 2 *
+    # threads), and when split 2C per span of a sample and per thread.
     buf = np.empty(2 * N * C + 2 * N * G + chunks, dtype=F64)
     cdef double* db = <double*>ptr(buf)
     cdef double* ds = db + N * C
     cdef double* terms = ds + N * C
     cdef double* parts = terms + 2 * N * G
-    cdef double* coef = parts + 2 * tasks * C
+    cdef double* coef = parts + 4 * tasks * C
     cdef cnp.npy_intp channels = C
     gw = cnp.PyArray_EMPTY(1, &channels, typenum, 0)
     gb = cnp.PyArray_EMPTY(1, &channels, typenum, 0)
@@ -1885,7 +1916,8 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
                               db, ds, terms, parts if split else NULL, threads)
             elif S > 0:
                 backward_nhwc(pdy, px, pdx, &L, <float*>pm, <float*>pr, <float*>pw, <float*>pb,
-                              db, ds, terms, parts, <float*>coef, split, threads)
+                              db, ds, terms, parts, coef + 5 * tasks * C, <float*>coef, split,
+                              threads)
             param_grads(&L, <float*>pr, db, ds, <float*>pgw, <float*>pgb)
         else:
             if S > 0 and not last:
@@ -1893,6 +1925,7 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups=None, weight=None, *
                               <double*>pb, db, ds, terms, parts if split else NULL, threads)
             elif S > 0:
                 backward_nhwc(pdy, px, pdx, &L, <double*>pm, <double*>pr, <double*>pw,
-                              <double*>pb, db, ds, terms, parts, coef, split, threads)
+                              <double*>pb, db, ds, terms, parts, coef + 5 * tasks * C, coef,
+                              split, threads)
             param_grads(&L, <double*>pr, db, ds, <double*>pgw, <double*>pgb)
     return dx3, gw, gb

@@ -213,17 +213,16 @@ PEAK_CASES = [((8, 32, 64, 64), 8, 1), ((8, 32, 64, 64), 8, 2), ((1, 32, 128, 12
 
 
 def channels_last_scratch(shape, threads):
-    """Bytes of the channels-last kernels' scratch, for each thread, or for each sample when
-    there are fewer than twice as many as threads (split): forward, a row chunk's and a
-    span's per-channel moments, the channels' merged moments and the coefficients, 9
-    float64 per channel, and when split 2 per channel for each span of 64-row chunks of
-    each sample and for each thread; backward, one row chunk's sums and the coefficients, 7
-    float64 per channel."""
+    """Bytes of the channels-last kernels' scratch, forward or backward: for each thread, or
+    for each sample when there are fewer than twice as many as threads (split), a row
+    chunk's and a span's per-channel partials, the channels' merged moments (forward) and
+    the coefficients, 9 float64 per channel; when split, 2 per channel for each span of
+    64-row chunks of each sample and for each thread."""
     n, c, s = shape[0], shape[1], int(np.prod(shape[2:]))
     split = threads > 1 and n < 2 * threads
     tasks = n if split else threads
     parts = 2 * 8 * c * (n * spans(-(-s // ROW_CHUNK)) + threads) if split else 0
-    return 9 * 8 * c * tasks + parts, 7 * 8 * c * tasks
+    return 9 * 8 * c * tasks + parts
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -240,7 +239,7 @@ def test_peak_memory(rng, case, dtype, channels_last):
         x, grad_out = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, grad_out))
         axis = -1
     if channels_last:
-        split_forward, split_backward = channels_last_scratch(shape, threads)
+        split_forward = split_backward = channels_last_scratch(shape, threads)
     else:
         split_forward, split_backward = split_scratch(shape, num_groups, threads)
 
