@@ -681,23 +681,25 @@ def test_sample_alone_equals_its_slice_of_the_batch(rng, path, case, num_threads
                 assert_bitwise(alone[name], batch[name][one], f"{name} of sample {i}")
 
 
-# Channels-last, a lone sample with many 64-row chunks is split into channel ranges
-# (RANGE_ALIGN) for its statistics and into row chunks for its outputs; with few chunks,
-# into ranges of whole groups, each from statistics to outputs, if that makes as many
-# tasks (else its output rows are cut by the channel ranges): 2100 channels of 100 rows
-# (2 chunks), in 7 groups of 300 (uneven ranges starting off the vector grid; at 8 threads,
-# channel ranges) and in 1 group (channel ranges); 96 channels of 1600 rows (25 chunks:
-# group ranges from 4 threads); 160 channels (5 blocks of 32) of 2000 rows (32 chunks):
-# at 4 threads the last channel range is empty, at 8 one group per range.
+# Channels-last, a lone sample with many 64-row chunks is split into spans of chunks for
+# its statistics (at most 64 spans, merged in order) and into row chunks for its outputs;
+# with few chunks, into ranges of whole groups, each from statistics to outputs, if that
+# makes as many tasks as channel ranges (RANGE_ALIGN) would (else its output rows are cut
+# by the channel ranges): 2100 channels of 100 rows (2 chunks), in 7 groups of 300
+# (uneven ranges starting off the vector grid; at 8 threads, channel ranges) and in 1
+# group (channel ranges); 96 channels of 1600 rows (25 chunks: group ranges from 4
+# threads); 160 channels (5 blocks of 32) of 2000 rows (32 chunks): at 4 threads the last
+# channel range is empty, at 8 one group per range; 40 channels of 4254 rows (67 chunks,
+# the last of 30 rows: 34 spans of 2 chunks, the last of 1).
 # Channels-first, 16 channels of 4100 elements in 2 groups are split into chunks of 2048,
 # 2048 and 4 (shorter than a vector).
 @pytest.mark.parametrize("case", [((1, 32, 96, 96), 8), ((16, 32, 24, 24), 4),
                                   ((1, 2100, 10, 10), 7), ((1, 2100, 10, 10), 1),
                                   ((1, 96, 40, 40), 8), ((1, 160, 2000), 8),
-                                  ((1, 16, 4100), 2)],
+                                  ((1, 40, 4254), 8), ((1, 16, 4100), 2)],
                          ids=["1x32x96x96-G8", "16x32x24x24-G4", "1x2100x10x10-G7",
                               "1x2100x10x10-G1", "1x96x40x40-G8", "1x160x2000-G8",
-                              "1x16x4100-G2"])
+                              "1x40x4254-G8", "1x16x4100-G2"])
 @pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
 def test_thread_count_does_not_change_results(rng, path, case):
     shape, num_groups = case
