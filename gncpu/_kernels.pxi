@@ -709,7 +709,8 @@ cdef void span_moments_nhwc(const char* x, const char* res, char* s, const Layou
     cdef const char* src = x if res == NULL else <const char*>s
     cdef Py_ssize_t srcN = L.xsN if res == NULL else L.ssN
     cdef Py_ssize_t srcs = L.xs if res == NULL else L.ss
-    # the next chunk's lines, asked for as a chunk is read (see PREFETCH_BYTES)
+    # the next chunk's lines, asked for as a chunk is read when the next is whole (see
+    # PREFETCH_BYTES)
     cdef Py_ssize_t ahead = (ROW_CHUNK * L.xs if res == NULL
                              and L.N * L.C * L.S * L.item >= PREFETCH_BYTES else 0)
     for j in range(t * per, min(L.row_chunks, (t + 1) * per)):
@@ -721,7 +722,8 @@ cdef void span_moments_nhwc(const char* x, const char* res, char* s, const Layou
                     at(s, i * L.ssN + r * L.ss + c0, L), width, L)
         part = out if n_run == 0 else chunk  # the first chunk's moments go straight out
         rows_moments(at(src, i * srcN + r0 * srcs + c0, L), <Py_ssize_t>rows, srcs, width,
-                     ahead if j + 1 < L.row_chunks else 0, L, part + c0, part + L.C + c0)
+                     ahead if (j + 2) * ROW_CHUNK <= L.S else 0, L, part + c0,
+                     part + L.C + c0)
         if n_run > 0:
             merge_channel_moments(L, c0, c1, out, chunk, n_run, rows)
         n_run = n_run + rows

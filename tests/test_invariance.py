@@ -76,19 +76,24 @@ def at_offset(values, offset):
 
 @pytest.mark.parametrize("module_name", compiled_kernel_modules())
 @pytest.mark.parametrize("dtype", FLOATS + (np.float16,), ids=["f32", "f64", "f16"])
-@pytest.mark.parametrize("activation", [None, "silu"])
-def test_channels_last_bits_do_not_depend_on_alignment(rng, module_name, dtype, activation):
+@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+@pytest.mark.parametrize("shape, num_threads", [((2, 160, 3, 5), 1), ((1, 96, 66, 70), 3)],
+                         ids=["2x160x3x5-t1", "1x96x66x70-t3"])
+def test_channels_last_bits_do_not_depend_on_alignment(rng, module_name, dtype, activation,
+                                                       shape, num_threads):
     """Channels-last rows are peeled to vector alignment (whole cache lines for the rest),
-    so each alignment of x and y cuts a row's channels into vectors differently."""
+    so each alignment of x and y cuts a row's channels into vectors differently; the
+    second shape takes the split path (73 row chunks in spans across 3 threads)."""
     module = import_kernel_module(module_name)
-    x = random_array(rng, (2, 160, 3, 5), dtype).transpose(0, 2, 3, 1)  # (N, H, W, C)
-    weight, bias = random_affine(rng, 160, dtype)
+    x = random_array(rng, shape, dtype).transpose(0, 2, 3, 1)  # (N, H, W, C)
+    weight, bias = random_affine(rng, shape[1], dtype)
     results = []
     for x_offset, y_offset in [(0, 0), (1, 1), (3, 3), (4, 4), (5, 2), (12, 12), (8, 0)]:
         xo = at_offset(x, x_offset)
         y = at_offset(np.zeros_like(x), y_offset)
         stats = module.group_norm(xo, 8, weight, bias, channel_axis=-1, out=y,
-                                  activation=activation, return_stats=True)
+                                  activation=activation, return_stats=True,
+                                  num_threads=num_threads)
         assert stats[0] is y
         results.append(((x_offset, y_offset), stats))
     (_, first), rest = results[0], results[1:]
