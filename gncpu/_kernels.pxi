@@ -1170,21 +1170,32 @@ cdef void backward_nhwc(const char* dy, const char* x, char* dx, const Layout* L
                     cf, cf + L.C, cf + 2 * L.C, cf + 3 * L.C, cf + 4 * L.C)
 
 
-cdef void param_grads(const Layout* L, const real* rstd, const double* db,
-                      const double* ds, real* grad_weight, real* grad_bias) noexcept nogil:
+cdef void param_grads(const Layout* L, const real* rstd, double* db, double* ds,
+                      real* grad_weight, real* grad_bias) noexcept nogil:
     """grad_bias_c = sum_n db[n, c];  grad_weight_c = sum_n rstd[n, g] * ds[n, c]
-    (= sum(g * xhat) over the channel), summed over n in order."""
+    (= sum(g * xhat) over the channel), summed over n in order, sample by sample across
+    all channels (loops the compiler vectorizes), in place in row 0 of db and ds."""
     cdef Py_ssize_t n, g, c
-    cdef double gw, gb
-    for g in range(L.G):
-        for c in range(g * L.Cg, (g + 1) * L.Cg):
-            gw = 0
-            gb = 0
-            for n in range(L.N):
-                gb = gb + db[n * L.C + c]
-                gw = gw + <double>rstd[n * L.G + g] * ds[n * L.C + c]
-            grad_weight[c] = <real>gw
-            grad_bias[c] = <real>gb
+    cdef double r
+    if L.N == 0:  # empty sums (and no row 0 to hold them)
+        for c in range(L.C):
+            grad_weight[c] = 0
+            grad_bias[c] = 0
+        return
+    for n in range(L.N):
+        for g in range(L.G):
+            r = <double>rstd[n * L.G + g]
+            if n == 0:
+                for c in range(g * L.Cg, (g + 1) * L.Cg):
+                    db[c] = 0 + db[c]
+                    ds[c] = 0 + r * ds[c]
+            else:
+                for c in range(g * L.Cg, (g + 1) * L.Cg):
+                    db[c] = db[c] + db[n * L.C + c]
+                    ds[c] = ds[c] + r * ds[n * L.C + c]
+    for c in range(L.C):
+        grad_weight[c] = <real>ds[c]
+        grad_bias[c] = <real>db[c]
 
 
 # ---------------------------------------------------------------------------------------
