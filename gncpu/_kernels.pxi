@@ -23,7 +23,6 @@
 from cython.parallel cimport prange, threadid
 from libc.math cimport sqrt, NAN
 from libc.stdint cimport uint16_t
-from libc.string cimport memcpy
 cimport numpy as cnp
 import operator
 import numpy as np
@@ -678,34 +677,32 @@ cdef void forward_nchw(const char* x, const char* res, char* s, char* y, const L
 # same in any range (lanes are independent), so the bits do not depend on the cut.
 
 
-cdef inline void merge_channel_moments(const Layout* L, Py_ssize_t c0, Py_ssize_t c1,
-                                       double* run, const double* part, double n_run,
-                                       double n_part) noexcept nogil:
-    """Merge the (mean, M2) of channels [c0, c1) over n_part rows in part into those over
-    n_run > 0 rows in run (layout: mean at [c], M2 at [C + c]) by Chan's formula. Every
-    channel has the same counts, so the factors nb / n and na * nb / n are computed once
-    and the loop over channels is division-free."""
+cdef inline void merge_span_moments(const Layout* L, Py_ssize_t c0, Py_ssize_t c1,
+                                    double* run, const double* part,
+                                    Py_ssize_t t) noexcept nogil:
+    """Merge span t's (mean, M2) of channels [c0, c1) in part into those of spans 0 to
+    t - 1 in run (layout: mean at [c], M2 at [C + c]) by Chan's formula. Every channel has
+    the same counts (the rows before span t, and its own), so the factors nb / n and
+    na * nb / n are computed once and the loop over channels is division-free."""
+    cdef Py_ssize_t per = span_chunks(L.row_chunks) * ROW_CHUNK
+    cdef double n_run = <double>(t * per)
+    cdef double n_part = <double>(min(L.S, (t + 1) * per) - t * per)
     cdef double f = n_part / (n_run + n_part)
     gn_merge_channels(run + c0, run + L.C + c0, part + c0, part + L.C + c0, c1 - c0, f,
                       n_run * f)
-
-
-cdef inline double span_rows(const Layout* L, Py_ssize_t t) noexcept nogil:
-    """Rows of span t of a sample (channels-last)."""
-    cdef Py_ssize_t per = span_chunks(L.row_chunks) * ROW_CHUNK
-    return <double>(min(L.S, (t + 1) * per) - t * per)
 
 
 cdef void span_moments_nhwc(const char* x, const char* res, char* s, const Layout* L,
                             Py_ssize_t i, Py_ssize_t t, Py_ssize_t c0, Py_ssize_t c1,
                             double* chunk, double* out) noexcept nogil:
     """(mean, M2) of channels [c0, c1) of sample i over the rows of span t, as out[c],
-    out[C + c]: its row chunks' moments (in chunk) merged in order. With a residual, s =
-    x + residual is written as the chunks are read; without, from PREFETCH_BYTES of x, a
-    chunk's pass asks for the next chunk's lines."""
-    cdef Py_ssize_t per = span_chunks(L.row_chunks), j, r, r0, width = c1 - c0
-    cdef double n_run = 0, rows
+    out[C + c]: its row chunks' moments merged in order (the first's written straight to
+    out, the others' to chunk, same layout). With a residual, s = x + residual is written
+    as the chunks are read; without, from PREFETCH_BYTES of x, a chunk's pass asks for the
+    next chunk's lines."""
+    cdef Py_ssize_t per = span_chunks(L.row_chunks), j, r, r0, rows, width = c1 - c0
     cdef double* part
+    cdef double f
     cdef const char* src = x if res == NULL else <const char*>s
     cdef Py_ssize_t srcN = L.xsN if res == NULL else L.ssN
     cdef Py_ssize_t srcs = L.xs if res == NULL else L.ss
@@ -715,18 +712,19 @@ cdef void span_moments_nhwc(const char* x, const char* res, char* s, const Layou
                              and L.N * L.C * L.S * L.item >= PREFETCH_BYTES else 0)
     for j in range(t * per, min(L.row_chunks, (t + 1) * per)):
         r0 = j * ROW_CHUNK
-        rows = <double>min(ROW_CHUNK, L.S - r0)
+        rows = min(ROW_CHUNK, L.S - r0)
         if res != NULL:
-            for r in range(r0, r0 + <Py_ssize_t>rows):
+            for r in range(r0, r0 + rows):
                 add(at(x, i * L.xsN + r * L.xs + c0, L), at(res, i * L.rsN + r * L.rs + c0, L),
                     at(s, i * L.ssN + r * L.ss + c0, L), width, L)
-        part = out if n_run == 0 else chunk  # the first chunk's moments go straight out
-        rows_moments(at(src, i * srcN + r0 * srcs + c0, L), <Py_ssize_t>rows, srcs, width,
+        part = out if j == t * per else chunk
+        rows_moments(at(src, i * srcN + r0 * srcs + c0, L), rows, srcs, width,
                      ahead if (j + 2) * ROW_CHUNK <= L.S else 0, L, part + c0,
                      part + L.C + c0)
-        if n_run > 0:
-            merge_channel_moments(L, c0, c1, out, chunk, n_run, rows)
-        n_run = n_run + rows
+        if j > t * per:  # after (j - t * per) whole chunks of the span
+            f = <double>rows / <double>(r0 - t * per * ROW_CHUNK + rows)
+            gn_merge_channels(out + c0, out + L.C + c0, chunk + c0, chunk + L.C + c0, width,
+                              f, <double>(r0 - t * per * ROW_CHUNK) * f)
 
 
 cdef void channel_moments_nhwc(const char* x, const char* res, char* s, const Layout* L,
@@ -735,13 +733,10 @@ cdef void channel_moments_nhwc(const char* x, const char* res, char* s, const La
     """(mean, M2) of channels [c0, c1) of sample i over all rows, as scratch[4C + c] and
     scratch[5C + c], its spans' moments merged in order; scratch: 6C doubles."""
     cdef Py_ssize_t t
-    cdef double n_run = span_rows(L, 0)
     span_moments_nhwc(x, res, s, L, i, 0, c0, c1, scratch, scratch + 4 * L.C)
     for t in range(1, span_count(L.row_chunks)):
         span_moments_nhwc(x, res, s, L, i, t, c0, c1, scratch, scratch + 2 * L.C)
-        merge_channel_moments(L, c0, c1, scratch + 4 * L.C, scratch + 2 * L.C, n_run,
-                              span_rows(L, t))
-        n_run = n_run + span_rows(L, t)
+        merge_span_moments(L, c0, c1, scratch + 4 * L.C, scratch + 2 * L.C, t)
 
 
 cdef void group_stats_nhwc(const Layout* L, Py_ssize_t i, Py_ssize_t g0, Py_ssize_t g1,
@@ -870,7 +865,6 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
     cdef Py_ssize_t cuts = ranges if L.N * L.row_chunks < OUTPUT_CUT_CHUNKS * threads else 1
     cdef Py_ssize_t items = L.N * L.row_chunks * cuts
     cdef Py_ssize_t granges = min(<Py_ssize_t>threads, L.G)
-    cdef double n_run
     cdef double* run
     cdef const real* cf
     cdef const char* src = x if res == NULL else <const char*>s  # outputs normalized from
@@ -901,10 +895,8 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
                           parts + (L.N * spans + t) * 2 * L.C, parts + j * 2 * L.C)
     for i in range(L.N):  # spans merged in order, into the first: as channel_moments_nhwc
         run = parts + i * spans * 2 * L.C
-        n_run = span_rows(L, 0)
         for k in range(1, spans):
-            merge_channel_moments(L, 0, L.C, run, run + k * 2 * L.C, n_run, span_rows(L, k))
-            n_run = n_run + span_rows(L, k)
+            merge_span_moments(L, 0, L.C, run, run + k * 2 * L.C, k)
         group_stats_nhwc(L, i, 0, L.G, run, eps, mean, rstd)
         channel_coefficients(L, i, 0, L.G, mean, rstd, weight, bias, coef + i * 3 * L.C,
                              coef + i * 3 * L.C + L.C, coef + i * 3 * L.C + 2 * L.C)
@@ -1154,12 +1146,13 @@ cdef void backward_nhwc(const char* dy, const char* x, char* dx, const Layout* L
                              coef + i * 5 * L.C + L.C, coef + i * 5 * L.C + 2 * L.C)
     for j in prange(L.N * spans, schedule='static', num_threads=threads):
         t = threadid()
-        span_sums_nhwc(dy, x, dx, L, j // spans, j % spans, 0, L.C,
-                       coef + j // spans * 5 * L.C, parts + (L.N * spans + t) * 2 * L.C,
-                       parts + j * 2 * L.C, parts + j * 2 * L.C + L.C)
-    for i in range(L.N):  # spans added in order: as channel_sums_nhwc
-        memcpy(db + i * L.C, parts + i * spans * 2 * L.C, L.C * sizeof(double))
-        memcpy(ds + i * L.C, parts + i * spans * 2 * L.C + L.C, L.C * sizeof(double))
+        i = j // spans
+        # a sample's first span straight to its sums, as channel_sums_nhwc
+        span_sums_nhwc(dy, x, dx, L, i, j % spans, 0, L.C, coef + i * 5 * L.C,
+                       parts + (L.N * spans + t) * 2 * L.C,
+                       db + i * L.C if j % spans == 0 else parts + j * 2 * L.C,
+                       ds + i * L.C if j % spans == 0 else parts + j * 2 * L.C + L.C)
+    for i in range(L.N):  # the other spans added in order: as channel_sums_nhwc
         for k in range(1, spans):
             add_sums(0, L.C, parts + (i * spans + k) * 2 * L.C,
                      parts + (i * spans + k) * 2 * L.C + L.C, db + i * L.C, ds + i * L.C)
