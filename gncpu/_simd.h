@@ -86,6 +86,19 @@ typedef __m256d gn_mm64;
 #define GN_KEEP(v) ((void)0)
 #endif
 
+/* Vectors per block of channels-last moments whose rows are a multiple of
+ * GN_ALIASING_BYTES apart: 8 where there are 32 vector registers (AVX-512), else 4. A
+ * block walks its rows column-wise, and such rows fall in a few L1 sets, so fewer, wider
+ * blocks fetch more cleanly (AMD Zen 5, 1 x C x 14 x 14 float32 forward with 512 to 2048
+ * channels: 1.03-1.13x; rows of 1280 or 2560 bytes ran 0.93-0.98x with them). */
+#if GN_AVX512
+#define GN_ROW_VECS 8
+#else
+#define GN_ROW_VECS 4
+#endif
+#define GN_ALIASING_BYTES 1024
+#define GN_UNROLL _Pragma("GCC unroll 8")
+
 /* Activation codes, shared with Cython. */
 enum { GN_ACT_NONE = 0, GN_ACT_RELU = 1, GN_ACT_SILU = 2 };
 
@@ -1182,9 +1195,9 @@ static void gn_pair_affine_##SUF(const ST *x, ST *y, ptrdiff_t Cg, ptrdiff_t S, 
 /* Channels-last. x is (rows, C) with row stride `stride` (elements) and unit channel     \
  * stride. Per channel c, one pass around K_c, the mean of the first GN_PILOT_ROWS rows   \
  * (same bound as gn_chunk_moments, with GN_PILOT_ROWS): mean[c], m2[c]. Channels go in   \
- * blocks of 4 vectors held in registers, then one (possibly zero-padded) vector. Blocks  \
- * ask for the lines of the next block, or (ahead > 0) of the same block `ahead` elements \
- * on (gn_prefetch_lines). */                                                             \
+ * blocks of GN_ROW_VECS or 4 vectors held in registers, then one (possibly               \
+ * zero-padded) vector. Blocks ask for the lines of the next block, or (ahead > 0) of the \
+ * same block `ahead` elements on (gn_prefetch_lines). */                                 \
 static inline void gn_lanes_out_##SUF(VT k, VT s, VT q, ptrdiff_t width, ptrdiff_t rows,  \
                                       double *mean, double *m2)                           \
 {                                                                                         \
@@ -1204,36 +1217,53 @@ static inline void gn_lanes_out_##SUF(VT k, VT s, VT q, ptrdiff_t width, ptrdiff
     }                                                                                     \
 }                                                                                         \
                                                                                           \
+/* The moments of the B vectors of channels at x (B a constant: the accumulators stay in    \
+ * registers). */                                                                         \
+static inline __attribute__((always_inline)) void gn_rows_block_moments_##SUF(             \
+    const ST *x, ptrdiff_t rows, ptrdiff_t pilot, ptrdiff_t stride, ptrdiff_t next,       \
+    const int B, double *mean, double *m2)                                                \
+{                                                                                         \
+    VT k[GN_ROW_VECS], s[GN_ROW_VECS], q[GN_ROW_VECS], d;                                 \
+    const CT inv = (CT)1 / (CT)pilot;                                                     \
+    const ST *p = x;                                                                      \
+    ptrdiff_t r;                                                                          \
+    int j;                                                                                \
+    GN_UNROLL for (j = 0; j < B; j++)                                                     \
+        k[j] = s[j] = q[j] = (VT){0};                                                     \
+    for (r = 0; r < pilot; r++, p += stride)                                              \
+        GN_UNROLL for (j = 0; j < B; j++)                                                 \
+            k[j] += gn_vload_##SUF(p + j * W);                                            \
+    GN_UNROLL for (j = 0; j < B; j++)                                                     \
+        k[j] *= inv;                                                                      \
+    p = x;                                                                                \
+    for (r = 0; r < rows; r++, p += stride) {                                             \
+        if (next > 0)                                                                     \
+            gn_prefetch_lines(p + next, B * W * sizeof(ST));                              \
+        GN_UNROLL for (j = 0; j < B; j++) {                                               \
+            d = gn_vload_minus_##SUF(p + j * W, k[j]);                                    \
+            s[j] += d;                                                                    \
+            q[j] = VFMA(d, d, q[j]);                                                      \
+        }                                                                                 \
+    }                                                                                     \
+    GN_UNROLL for (j = 0; j < B; j++)                                                     \
+        gn_lanes_out_##SUF(k[j], s[j], q[j], W, rows, mean + j * W, m2 + j * W);          \
+}                                                                                         \
+                                                                                          \
 static inline void gn_rows_moments_##SUF(const ST *x, ptrdiff_t rows, ptrdiff_t C,        \
                                          ptrdiff_t stride, ptrdiff_t ahead, double *mean, \
                                          double *m2)                                      \
 {                                                                                         \
     const ptrdiff_t pilot = rows < GN_PILOT_ROWS ? rows : GN_PILOT_ROWS;                  \
     const CT inv = (CT)1 / (CT)pilot;                                                     \
-    const ptrdiff_t next = ahead > 0 ? ahead : 4 * W;                                     \
     ptrdiff_t c = 0, r, width;                                                            \
-    for (; c + 4 * W <= C; c += 4 * W) {                                                  \
-        VT k0 = {0}, k1 = {0}, k2 = {0}, k3 = {0}, s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}; \
-        VT q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0}, d;                                     \
-        const ST *p = x + c;                                                              \
-        for (r = 0; r < pilot; r++, p += stride) {                                        \
-            k0 += gn_vload_##SUF(p);         k1 += gn_vload_##SUF(p + W);                 \
-            k2 += gn_vload_##SUF(p + 2 * W); k3 += gn_vload_##SUF(p + 3 * W);             \
-        }                                                                                 \
-        k0 *= inv; k1 *= inv; k2 *= inv; k3 *= inv;                                       \
-        p = x + c;                                                                        \
-        for (r = 0; r < rows; r++, p += stride) {                                         \
-            gn_prefetch_lines(p + next, 4 * W * sizeof(ST));                              \
-            d = gn_vload_minus_##SUF(p, k0);         s0 += d; q0 = VFMA(d, d, q0);        \
-            d = gn_vload_minus_##SUF(p + W, k1);     s1 += d; q1 = VFMA(d, d, q1);        \
-            d = gn_vload_minus_##SUF(p + 2 * W, k2); s2 += d; q2 = VFMA(d, d, q2);        \
-            d = gn_vload_minus_##SUF(p + 3 * W, k3); s3 += d; q3 = VFMA(d, d, q3);        \
-        }                                                                                 \
-        gn_lanes_out_##SUF(k0, s0, q0, W, rows, mean + c, m2 + c);                        \
-        gn_lanes_out_##SUF(k1, s1, q1, W, rows, mean + c + W, m2 + c + W);                \
-        gn_lanes_out_##SUF(k2, s2, q2, W, rows, mean + c + 2 * W, m2 + c + 2 * W);        \
-        gn_lanes_out_##SUF(k3, s3, q3, W, rows, mean + c + 3 * W, m2 + c + 3 * W);        \
-    }                                                                                     \
+    if (GN_ROW_VECS > 4 && stride * sizeof(ST) % GN_ALIASING_BYTES == 0)                  \
+        for (; c + GN_ROW_VECS * W <= C; c += GN_ROW_VECS * W)                            \
+            gn_rows_block_moments_##SUF(x + c, rows, pilot, stride,                       \
+                                        ahead > 0 ? ahead : GN_ROW_VECS * W, GN_ROW_VECS, \
+                                        mean + c, m2 + c);                                \
+    for (; c + 4 * W <= C; c += 4 * W)                                                    \
+        gn_rows_block_moments_##SUF(x + c, rows, pilot, stride, ahead > 0 ? ahead : 4 * W,\
+                                    4, mean + c, m2 + c);                                 \
     for (; c < C; c += width) {                                                           \
         VT k = {0}, s = {0}, q = {0}, d;                                                  \
         const ST *p = x + c;                                                              \
