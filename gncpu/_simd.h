@@ -353,12 +353,13 @@ static inline gn_vf64 gn_vmax_f64(double k, gn_vf64 x)
  * 16, its exponent bits plus floor(m / 16), a normal number for m in [-2016, 2047]. Two
  * FMAs fewer per vector than the degree-5 scheme below, and more accurate: SiLU 1.3x
  * faster in L1 on AMD Zen 5, and the fused SiLU forward and backward 1.06x. NaN stays
- * NaN. */
-static const float gn_exp2_sixteenths[16] = {
-    1.0f, 1.0442737340927124f, 1.0905077457427979f, 1.1387885808944702f,
-    1.1892070770263672f, 1.2418577671051025f, 1.2968395948410034f, 1.3542555570602417f,
-    1.4142135381698608f, 1.4768261909484863f, 1.5422108173370361f, 1.610490322113037f,
-    1.6817928552627563f, 1.7562521696090698f, 1.8340080976486206f, 1.9152065515518188f};
+ * NaN. The table holds the bits of 2^(j / 16) less j << 19, so that adding t's bits
+ * shifted left by 19, which are m << 19 = (floor(m / 16) << 23) + ((m mod 16) << 19)
+ * modulo 2^32, makes the scale in one shift and one add. */
+static const int32_t gn_exp2_sixteenths[16] = {
+    0x3f800000, 0x3f7daac3, 0x3f7b95c2, 0x3f79c3d3, 0x3f7837f0, 0x3f76f532, 0x3f75fed7,
+    0x3f75583f, 0x3f7504f3, 0x3f7508a4, 0x3f75672a, 0x3f76248c, 0x3f7744fd, 0x3f78ccdf,
+    0x3f7ac0c7, 0x3f7d257d};
 
 static inline gn_vf32 gn_vexpneg_parts_f32(gn_vf32 x, gn_vf32 *scale)
 {
@@ -373,8 +374,8 @@ static inline gn_vf32 gn_vexpneg_parts_f32(gn_vf32 x, gn_vf32 *scale)
     p = GN_VFMA_f32(p, w, (gn_vf32){0} - 1.0f);
     p = GN_VFMA_f32(p, w, (gn_vf32){0} + 1.0f);
     *scale = (gn_vf32)_mm512_add_epi32(
-        _mm512_castps_si512(_mm512_permutexvar_ps(mi, _mm512_loadu_ps(gn_exp2_sixteenths))),
-        _mm512_slli_epi32(_mm512_srai_epi32(mi, 4), 23));
+        _mm512_permutexvar_epi32(mi, _mm512_loadu_si512(gn_exp2_sixteenths)),
+        _mm512_slli_epi32(mi, 19));
     return p;
 }
 #else
