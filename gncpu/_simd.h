@@ -1185,13 +1185,38 @@ static void gn_pair_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t Cg
                         act, stream);                                                     \
 }                                                                                         \
                                                                                           \
-/* gn_affine over Cg channels of S elements, channel k at x + k * xs and y + k * ys, with  \
- * a_k and b_k as in gn_pair_grad_sums, asking for the lines `ahead` past each. */        \
-static void gn_pair_affine_##SUF(const ST *x, ST *y, ptrdiff_t Cg, ptrdiff_t S,            \
+/* y = silu(y) over n contiguous elements, in place: whole vectors from y, then the last  \
+ * n % W as a partial one, so that each element goes through silu once. */                \
+static inline void gn_silu_in_place_##SUF(ST *y, ptrdiff_t n)                             \
+{                                                                                         \
+    ptrdiff_t i;                                                                          \
+    for (i = 0; i + W <= n; i += W)                                                       \
+        gn_vstore_##SUF(y + i, gn_vsilu_##SUF(gn_vload_##SUF(y + i)));                    \
+    if (i < n)                                                                            \
+        gn_vstore_part_##SUF(y + i, gn_vsilu_##SUF(gn_vload_part_##SUF(y + i, n - i)),    \
+                             n - i);                                                      \
+}                                                                                         \
+                                                                                          \
+/* gn_affine over Cg channels of S elements, channel k at x + k * xs and y + k * ys, with \
+ * a_k and b_k as in gn_pair_grad_sums, asking for the lines `ahead` past each. SiLU over \
+ * channels shorter than 4 vectors and not whole ones (gn_affine spends a vector more on  \
+ * each: 4 for the 3.06 of 49 elements) goes in two steps where y holds the compute type  \
+ * and its channels are contiguous: the affine per channel, then SiLU over the pair's     \
+ * outputs as one run, from the same values, so with the same bits (AMD Zen 5, SiLU       \
+ * forward of 1 x 2048 x 7 x 7: 1.14x; 1 x 256 x 3 x 3: 1.12x). */                        \
+static void gn_pair_affine_##SUF(const ST *x, ST *y, ptrdiff_t Cg, ptrdiff_t S,           \
                                  ptrdiff_t xs, ptrdiff_t ys, CT m, double r, const CT *w, \
                                  const CT *bias, int act, ptrdiff_t ahead)                \
 {                                                                                         \
     ptrdiff_t k;                                                                          \
+    if (act == GN_ACT_SILU && sizeof(ST) == sizeof(CT) && ys == S && S % W != 0           \
+        && S < 4 * W) {                                                                   \
+        for (k = 0; k < Cg; k++)                                                          \
+            gn_affine_##SUF(x + k * xs, y + k * ys, S, m, gn_scale_##SUF(w, k, r),        \
+                            bias == NULL ? (CT)0 : bias[k], GN_ACT_NONE, ahead);          \
+        gn_silu_in_place_##SUF(y, Cg * S);                                                \
+        return;                                                                           \
+    }                                                                                     \
     if (ahead == 0)               /* a copy without the prefetch */                       \
         for (k = 0; k < Cg; k++)                                                          \
             gn_affine_##SUF(x + k * xs, y + k * ys, S, m, gn_scale_##SUF(w, k, r),        \
