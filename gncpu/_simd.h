@@ -1208,23 +1208,20 @@ static void gn_pair_affine_##SUF(const ST *x, ST *y, ptrdiff_t Cg, ptrdiff_t S, 
                                  ptrdiff_t xs, ptrdiff_t ys, CT m, double r, const CT *w, \
                                  const CT *bias, int act, ptrdiff_t ahead)                \
 {                                                                                         \
+    const int two_steps = act == GN_ACT_SILU && sizeof(ST) == sizeof(CT) && ys == S       \
+                          && S % W != 0 && S < 4 * W;                                     \
+    const int each = two_steps ? GN_ACT_NONE : act;                                       \
     ptrdiff_t k;                                                                          \
-    if (act == GN_ACT_SILU && sizeof(ST) == sizeof(CT) && ys == S && S % W != 0           \
-        && S < 4 * W) {                                                                   \
-        for (k = 0; k < Cg; k++)                                                          \
-            gn_affine_##SUF(x + k * xs, y + k * ys, S, m, gn_scale_##SUF(w, k, r),        \
-                            bias == NULL ? (CT)0 : bias[k], GN_ACT_NONE, ahead);          \
-        gn_silu_in_place_##SUF(y, Cg * S);                                                \
-        return;                                                                           \
-    }                                                                                     \
     if (ahead == 0)               /* a copy without the prefetch */                       \
         for (k = 0; k < Cg; k++)                                                          \
             gn_affine_##SUF(x + k * xs, y + k * ys, S, m, gn_scale_##SUF(w, k, r),        \
-                            bias == NULL ? (CT)0 : bias[k], act, 0);                      \
+                            bias == NULL ? (CT)0 : bias[k], each, 0);                     \
     else                                                                                  \
         for (k = 0; k < Cg; k++)                                                          \
             gn_affine_##SUF(x + k * xs, y + k * ys, S, m, gn_scale_##SUF(w, k, r),        \
-                            bias == NULL ? (CT)0 : bias[k], act, ahead);                  \
+                            bias == NULL ? (CT)0 : bias[k], each, ahead);                 \
+    if (two_steps)                                                                        \
+        gn_silu_in_place_##SUF(y, Cg * S);                                                \
 }                                                                                         \
                                                                                           \
 /* Channels-last. x is (rows, C) with row stride `stride` (elements) and unit channel     \
@@ -1252,12 +1249,13 @@ static inline void gn_lanes_out_##SUF(VT k, VT s, VT q, ptrdiff_t width, ptrdiff
     }                                                                                     \
 }                                                                                         \
                                                                                           \
-/* The moments of the B vectors of channels at x (B a constant: the accumulators stay in    \
- * registers). */                                                                         \
-static inline __attribute__((always_inline)) void gn_rows_block_moments_##SUF(             \
-    const ST *x, ptrdiff_t rows, ptrdiff_t pilot, ptrdiff_t stride, ptrdiff_t next,       \
+/* The moments of the B vectors of channels at x (B a constant: the accumulators stay in  \
+ * registers), asking for the lines `ahead` elements on, or (0) of the next block. */     \
+static inline __attribute__((always_inline)) void gn_rows_block_moments_##SUF(            \
+    const ST *x, ptrdiff_t rows, ptrdiff_t pilot, ptrdiff_t stride, ptrdiff_t ahead,      \
     const int B, double *mean, double *m2)                                                \
 {                                                                                         \
+    const ptrdiff_t next = ahead > 0 ? ahead : B * W;                                     \
     VT k[GN_ROW_VECS], s[GN_ROW_VECS], q[GN_ROW_VECS], d;                                 \
     const CT inv = (CT)1 / (CT)pilot;                                                     \
     const ST *p = x;                                                                      \
@@ -1272,8 +1270,7 @@ static inline __attribute__((always_inline)) void gn_rows_block_moments_##SUF(  
         k[j] *= inv;                                                                      \
     p = x;                                                                                \
     for (r = 0; r < rows; r++, p += stride) {                                             \
-        if (next > 0)                                                                     \
-            gn_prefetch_lines(p + next, B * W * sizeof(ST));                              \
+        gn_prefetch_lines(p + next, B * W * sizeof(ST));                                  \
         GN_UNROLL for (j = 0; j < B; j++) {                                               \
             d = gn_vload_minus_##SUF(p + j * W, k[j]);                                    \
             s[j] += d;                                                                    \
@@ -1293,12 +1290,11 @@ static inline void gn_rows_moments_##SUF(const ST *x, ptrdiff_t rows, ptrdiff_t 
     ptrdiff_t c = 0, r, width;                                                            \
     if (GN_ROW_VECS > 4 && stride * sizeof(ST) % GN_ALIASING_BYTES == 0)                  \
         for (; c + GN_ROW_VECS * W <= C; c += GN_ROW_VECS * W)                            \
-            gn_rows_block_moments_##SUF(x + c, rows, pilot, stride,                       \
-                                        ahead > 0 ? ahead : GN_ROW_VECS * W, GN_ROW_VECS, \
+            gn_rows_block_moments_##SUF(x + c, rows, pilot, stride, ahead, GN_ROW_VECS,   \
                                         mean + c, m2 + c);                                \
     for (; c + 4 * W <= C; c += 4 * W)                                                    \
-        gn_rows_block_moments_##SUF(x + c, rows, pilot, stride, ahead > 0 ? ahead : 4 * W,\
-                                    4, mean + c, m2 + c);                                 \
+        gn_rows_block_moments_##SUF(x + c, rows, pilot, stride, ahead, 4, mean + c,       \
+                                    m2 + c);                                              \
     for (; c < C; c += width) {                                                           \
         VT k = {0}, s = {0}, q = {0}, d;                                                  \
         const ST *p = x + c;                                                              \
