@@ -957,10 +957,9 @@ static inline VT gn_pre_grad_##SUF(VT dy, VT xc, VT va, VT vb, int act)         
                                                                                           \
 /* sums = [sum(g), sum(g * (x - m))] over n contiguous elements, each as the vector        \
  * (a0 + a1) + (a2 + a3) of its accumulators (gn_lanes_total finishes it). The last n % W  \
- * elements
- * (when n >= W) come from the vector ending at n, its lanes already summed selected out:  \
- * no copying through the stack. Inlined into one copy per activation below, so the      \
- * copy without one keeps its 8 accumulators in registers. */                             \
+ * elements (when n >= W) come from the vector ending at n, its lanes already summed      \
+ * selected out: no copying through the stack. Inlined into one copy per activation      \
+ * below, so the copy without one keeps its 8 accumulators in registers. */               \
 static inline __attribute__((always_inline)) void gn_grad_sums_loop_##SUF(                \
     const ST *dy, const ST *x, ptrdiff_t n, VT vm, VT va, VT vb, int act, ST *gs,         \
     VT *sums)                                                                             \
