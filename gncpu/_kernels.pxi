@@ -51,30 +51,31 @@ cdef extern from "_simd.h" nogil:
     void gn_chunk_moments_f64(const double* x, Py_ssize_t n, double* mean, double* m2)
     void gn_chunk_moments_f16(const uint16_t* x, Py_ssize_t n, double* mean, double* m2)
     void gn_chunk_moments_bf16(const uint16_t* x, Py_ssize_t n, double* mean, double* m2)
+    void gn_stream_fence()
     void gn_add_f32(const float* x, const float* r, float* s, Py_ssize_t n)
     void gn_add_f64(const double* x, const double* r, double* s, Py_ssize_t n)
     void gn_add_f16(const uint16_t* x, const uint16_t* r, uint16_t* s, Py_ssize_t n)
     void gn_add_bf16(const uint16_t* x, const uint16_t* r, uint16_t* s, Py_ssize_t n)
     void gn_affine_f32(const float* x, float* y, Py_ssize_t n, float m, float a, float b, int act,
-                       Py_ssize_t ahead)
+                       Py_ssize_t ahead, int stream)
     void gn_affine_f64(const double* x, double* y, Py_ssize_t n, double m, double a, double b,
-                       int act, Py_ssize_t ahead)
+                       int act, Py_ssize_t ahead, int stream)
     void gn_affine_f16(const uint16_t* x, uint16_t* y, Py_ssize_t n, float m, float a, float b,
-                       int act, Py_ssize_t ahead)
+                       int act, Py_ssize_t ahead, int stream)
     void gn_affine_bf16(const uint16_t* x, uint16_t* y, Py_ssize_t n, float m, float a, float b,
-                        int act, Py_ssize_t ahead)
+                        int act, Py_ssize_t ahead, int stream)
     void gn_pair_affine_f32(const float* x, float* y, Py_ssize_t Cg, Py_ssize_t S, Py_ssize_t xs,
                             Py_ssize_t ys, float m, double r, const float* w, const float* bias,
-                            int act, Py_ssize_t ahead)
+                            int act, Py_ssize_t ahead, int stream)
     void gn_pair_affine_f64(const double* x, double* y, Py_ssize_t Cg, Py_ssize_t S,
                             Py_ssize_t xs, Py_ssize_t ys, double m, double r, const double* w,
-                            const double* bias, int act, Py_ssize_t ahead)
+                            const double* bias, int act, Py_ssize_t ahead, int stream)
     void gn_pair_affine_f16(const uint16_t* x, uint16_t* y, Py_ssize_t Cg, Py_ssize_t S,
                             Py_ssize_t xs, Py_ssize_t ys, float m, double r, const float* w,
-                            const float* bias, int act, Py_ssize_t ahead)
+                            const float* bias, int act, Py_ssize_t ahead, int stream)
     void gn_pair_affine_bf16(const uint16_t* x, uint16_t* y, Py_ssize_t Cg, Py_ssize_t S,
                              Py_ssize_t xs, Py_ssize_t ys, float m, double r, const float* w,
-                             const float* bias, int act, Py_ssize_t ahead)
+                             const float* bias, int act, Py_ssize_t ahead, int stream)
     void gn_grad_sums_f32(const float* dy, const float* x, Py_ssize_t n, float m, float a,
                           float b, int act, float* gs, double* out)
     void gn_grad_sums_f64(const double* dy, const double* x, Py_ssize_t n, double m, double a,
@@ -200,13 +201,16 @@ cdef enum:
     OUTPUT_CUT_CHUNKS = 4
     # Below this many elements per thread, waking another thread costs more than it saves.
     MIN_WORK_PER_THREAD = 32768
-    # A grad_x of at least STREAM_BYTES, in channel runs of at least STREAM_RUN_BYTES, is
-    # written with non-temporal stores: it cannot stay in cache anyway, and they save
-    # reading each line first (1.2-1.35x on an 8 x 256 x 56 x 56 float32 backward). Smaller
-    # ones, still in L3, lose by them, except with long runs (few lines where a channel's
-    # plain head and tail stores meet streamed ones): from STREAM_LONG_BYTES with runs of
+    # A grad_x or (without a residual) y of at least STREAM_BYTES, in channel runs of at
+    # least STREAM_RUN_BYTES, is written with non-temporal stores: it cannot stay in cache
+    # anyway, and they save reading each line first (8 x 256 x 56 x 56 float32: backward
+    # 1.2-1.35x; forward 1.10-1.16x at 1 thread, 1.07x at 2, SiLU 1.10x; 16 x 256 x 64 x 64
+    # forward 1.19x at 2). One fence per pair, not per channel: the forward lost 0.93x
+    # with one per channel. Smaller ones, still in L3, lose by them (forward 0.8x in a
+    # warm loop), except for grad_x with long runs (few lines where a channel's plain head
+    # and tail stores meet streamed ones): from STREAM_LONG_BYTES with runs of
     # STREAM_LONG_RUN_BYTES (1.4x on 1 x 64 x 8 x 56 x 56, runs of 100 KB; 0.55-0.8x on
-    # 2 x 640 x 32 x 32, runs of 4 KB).
+    # 2 x 640 x 32 x 32, runs of 4 KB). Channels-last y gained nothing (0.95-1.03x).
     STREAM_BYTES = 1 << 24
     STREAM_RUN_BYTES = 1024
     STREAM_LONG_BYTES = 1 << 22
@@ -284,7 +288,7 @@ cdef struct Layout:
     # the group is contiguous and whole-group runs are allowed, else one per channel).
     # Channels-last: a sample is cut into row chunks of ROW_CHUNK rows.
     Py_ssize_t rows, row_len, row_chunks
-    # Backward, channels-first: grad_x written with non-temporal stores (see STREAM_BYTES).
+    # Channels-first: y or grad_x written with non-temporal stores (see STREAM_BYTES).
     # Backward, with an activation and float32/float64 storage: g is kept in grad_x by the
     # sums and read back by the grad_x pass (see gn_pair_grad_sums).
     bint stream, keep_g
@@ -360,15 +364,18 @@ cdef inline void add(const char* x, const char* r, char* s, Py_ssize_t n,
 
 cdef inline void affine(const char* x, char* y, Py_ssize_t n, const Layout* L, real m, real a,
                         real b) noexcept nogil:
-    """y = act((x - m) * a + b) over n contiguous elements."""
+    """y = act((x - m) * a + b) over n contiguous elements (streamed if L.stream: the
+    caller fences)."""
     if real is double:
-        gn_affine_f64(<const double*>x, <double*>y, n, m, a, b, L.act, 0)
+        gn_affine_f64(<const double*>x, <double*>y, n, m, a, b, L.act, 0, L.stream)
     elif L.st == ST_F32:
-        gn_affine_f32(<const float*>x, <float*>y, n, m, a, b, L.act, 0)
+        gn_affine_f32(<const float*>x, <float*>y, n, m, a, b, L.act, 0, L.stream)
     elif L.st == ST_F16:
-        gn_affine_f16(<const uint16_t*>x, <uint16_t*>y, n, m, a, b, L.act, 0)
+        gn_affine_f16(<const uint16_t*>x, <uint16_t*>y, n, m, a, b, L.act, 0,
+                      L.stream)
     else:
-        gn_affine_bf16(<const uint16_t*>x, <uint16_t*>y, n, m, a, b, L.act, 0)
+        gn_affine_bf16(<const uint16_t*>x, <uint16_t*>y, n, m, a, b, L.act, 0,
+                       L.stream)
 
 
 cdef inline void pair_affine(const char* x, char* y, Py_ssize_t xs, const Layout* L, real m,
@@ -378,16 +385,16 @@ cdef inline void pair_affine(const char* x, char* y, Py_ssize_t xs, const Layout
     for the lines `ahead` elements past those read."""
     if real is double:
         gn_pair_affine_f64(<const double*>x, <double*>y, L.Cg, L.S, xs, L.ys, m, r, w, b, L.act,
-                           ahead)
+                           ahead, L.stream)
     elif L.st == ST_F32:
         gn_pair_affine_f32(<const float*>x, <float*>y, L.Cg, L.S, xs, L.ys, m, r, w, b, L.act,
-                           ahead)
+                           ahead, L.stream)
     elif L.st == ST_F16:
         gn_pair_affine_f16(<const uint16_t*>x, <uint16_t*>y, L.Cg, L.S, xs, L.ys, m, r, w, b,
-                           L.act, ahead)
+                           L.act, ahead, L.stream)
     else:
         gn_pair_affine_bf16(<const uint16_t*>x, <uint16_t*>y, L.Cg, L.S, xs, L.ys, m, r, w, b,
-                            L.act, ahead)
+                            L.act, ahead, L.stream)
 
 
 cdef inline void grad_sums(const char* dy, const char* x, char* dx, Py_ssize_t n,
@@ -592,6 +599,8 @@ cdef inline void normalize_span(const char* src, Py_ssize_t srcN, Py_ssize_t src
         n -= seg
         c += 1
         s = 0
+    if L.stream:
+        gn_stream_fence()
 
 
 cdef void pair_span_moments(const char* x, const char* res, char* s, const Layout* L,
@@ -1753,6 +1762,9 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
     mean = cnp.PyArray_EMPTY(2, stat_dims, typenum, 0)
     rstd = cnp.PyArray_EMPTY(2, stat_dims, typenum, 0)
     threads = plan_threads(num_threads, N * C * S)
+    # y written with non-temporal stores (see STREAM_BYTES); not over a sum in cache
+    L.stream = (not last and r3 is None and N * C * S * L.item >= STREAM_BYTES
+                and S * L.item >= STREAM_RUN_BYTES)
     cdef char* pw = ptr(w)
     cdef char* pb = ptr(b)
     cdef char* pm = ptr(mean)

@@ -909,15 +909,37 @@ static inline VT gn_affine_vec_##SUF(VT x, VT vm, VT va, VT vb, int act)        
     return gn_act_##SUF(VFMA(gn_center_##SUF(x, vm), va, vb), act);                       \
 }                                                                                         \
                                                                                           \
+/* gn_affine's whole vectors from y + head on, up to n; returns where they stopped.       \
+ * stream: as non-temporal stores (y + head aligned), fenced by the caller. */            \
+static inline __attribute__((always_inline)) ptrdiff_t gn_affine_loop_##SUF(              \
+    const ST *x, ST *y, ptrdiff_t head, ptrdiff_t n, VT vm, VT va, VT vb, int act,        \
+    ptrdiff_t ahead, int stream)                                                          \
+{                                                                                         \
+    ptrdiff_t i;                                                                          \
+    for (i = head; i + W <= n; i += W) {                                                  \
+        const VT v = gn_affine_vec_##SUF(gn_vload_##SUF(x + i), vm, va, vb, act);         \
+        if (ahead)                                                                        \
+            __builtin_prefetch(x + i + ahead, 0, 2);                                      \
+        if (stream)                                                                       \
+            gn_vstream_##SUF(y + i, v);                                                   \
+        else                                                                              \
+            gn_vstore_##SUF(y + i, v);                                                    \
+    }                                                                                     \
+    return i;                                                                             \
+}                                                                                         \
+                                                                                          \
 /* ahead (elements, 0 for none): the lines that far past those read are asked for as the  \
  * loop goes (the next pair's, so that their fetch overlaps this pair's arithmetic; see   \
- * PREFETCH_BYTES in _kernels.pxi). */                                                    \
+ * PREFETCH_BYTES in _kernels.pxi). stream: the aligned vectors as non-temporal stores    \
+ * (see STREAM_BYTES there), fenced by the caller; 2-byte storage and SiLU then go        \
+ * aligned too. */                                                                        \
 static inline void gn_affine_##SUF(const ST *x, ST *y, ptrdiff_t n, CT m, CT a, CT b,     \
-                                   int act, ptrdiff_t ahead)                              \
+                                   int act, ptrdiff_t ahead, int stream)                  \
 {                                                                                         \
     const VT vm = gn_splat_##SUF(m), va = gn_splat_##SUF(a), vb = gn_splat_##SUF(b);      \
-    const int whole = act == GN_ACT_SILU && n % W == 0 && n <= 16 * W;                    \
-    const ptrdiff_t head = sizeof(ST) == 2 || whole ? 0 : gn_head_##SUF(y, n);            \
+    const int whole = !stream && act == GN_ACT_SILU && n % W == 0 && n <= 16 * W;         \
+    const ptrdiff_t head = (sizeof(ST) == 2 && !stream) || whole ? 0                      \
+                                                                 : gn_head_##SUF(y, n);   \
     ptrdiff_t i;                                                                          \
     VT first = {0}, last = {0};                                                           \
     if (n < W) {                                                                          \
@@ -929,20 +951,12 @@ static inline void gn_affine_##SUF(const ST *x, ST *y, ptrdiff_t n, CT m, CT a, 
         first = gn_affine_vec_##SUF(gn_vload_##SUF(x), vm, va, vb, act);                  \
         last = gn_affine_vec_##SUF(gn_vload_##SUF(x + n - W), vm, va, vb, act);           \
     }                                                                                     \
-    if (act == GN_ACT_NONE)                                                               \
-        for (i = head; i + W <= n; i += W) {                                              \
-            if (ahead)                                                                    \
-                __builtin_prefetch(x + i + ahead, 0, 2);                                  \
-            gn_vstore_##SUF(y + i, gn_affine_vec_##SUF(gn_vload_##SUF(x + i), vm, va, vb, \
-                                                       GN_ACT_NONE));                     \
-        }                                                                                 \
+    if (stream)                                                                           \
+        i = gn_affine_loop_##SUF(x, y, head, n, vm, va, vb, act, ahead, 1);               \
+    else if (act == GN_ACT_NONE)                                                          \
+        i = gn_affine_loop_##SUF(x, y, head, n, vm, va, vb, GN_ACT_NONE, ahead, 0);       \
     else                                                                                  \
-        for (i = head; i + W <= n; i += W) {                                              \
-            if (ahead)                                                                    \
-                __builtin_prefetch(x + i + ahead, 0, 2);                                  \
-            gn_vstore_##SUF(y + i, gn_affine_vec_##SUF(gn_vload_##SUF(x + i), vm, va, vb, \
-                                                       act));                             \
-        }                                                                                 \
+        i = gn_affine_loop_##SUF(x, y, head, n, vm, va, vb, act, ahead, 0);               \
     if (head > 0)                                                                         \
         gn_vstore_##SUF(y, first);                                                        \
     if (i < n)                                                                            \
@@ -1051,7 +1065,7 @@ static inline VT gn_grad_x_vec_##SUF(VT dy, VT x, VT vm, VT va, VT vb, VT v1, VT
  * first aligned element, one ending at n. Overlapping lanes are written twice with the   \
  * same value (every lane computes alike), so no partial vector goes through the stack;   \
  * the first and last are computed before any store, so dy may be dx (g kept there by     \
- * the sums). stream: the aligned ones as non-temporal stores. */                         \
+ * the sums). stream: the aligned ones as non-temporal stores, fenced by the caller. */   \
 static inline __attribute__((always_inline)) void gn_grad_x_loop_##SUF(                   \
     const ST *dy, const ST *x, ST *dx, ptrdiff_t n, VT vm, VT va, VT vb, VT v1, VT v0,    \
     int act, int stream)                                                                  \
@@ -1072,7 +1086,6 @@ static inline __attribute__((always_inline)) void gn_grad_x_loop_##SUF(         
         for (i = head; i + W <= n; i += W)                                                \
             gn_vstream_##SUF(dx + i, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy + i),          \
                 gn_vload_##SUF(x + i), vm, va, vb, v1, v0, act));                         \
-        gn_stream_fence();                                                                \
     } else {                                                                              \
         for (i = head; i + W <= n; i += W)                                                \
             gn_vstore_##SUF(dx + i, gn_grad_x_vec_##SUF(gn_vload_##SUF(dy + i),           \
@@ -1093,6 +1106,8 @@ static inline void gn_grad_x_##SUF(const ST *dy, const ST *x, ST *dx, ptrdiff_t 
         gn_grad_x_loop_##SUF(dy, x, dx, n, vm, va, vb, v1, v0, GN_ACT_NONE, stream);      \
     else                                                                                  \
         gn_grad_x_loop_##SUF(dy, x, dx, n, vm, va, vb, v1, v0, act, stream);              \
+    if (stream)                                                                           \
+        gn_stream_fence();                                                                \
 }                                                                                         \
                                                                                           \
 /* One pair's Cg channels (channels-first): channel k at dy + k * dys, x + k * xs,         \
@@ -1200,6 +1215,8 @@ static inline __attribute__((always_inline)) void gn_pair_grad_x_body_##SUF(    
                              gn_splat_##SUF(gn_scale_##SUF(w, k, r)),                     \
                              gn_splat_##SUF(bias == NULL ? (CT)0 : bias[k]), v1, v0, act, \
                              stream);                                                     \
+    if (stream)                                                                           \
+        gn_stream_fence();                                                                \
 }                                                                                         \
                                                                                           \
 /* gn_pair_grad_x_body with copies of its own for no activation, with and without        \
@@ -1238,23 +1255,29 @@ static inline void gn_silu_in_place_##SUF(ST *y, ptrdiff_t n)                   
  * each: 4 for the 3.06 of 49 elements) goes in two steps where y holds the compute type  \
  * and its channels are contiguous: the affine per channel, then SiLU over the pair's     \
  * outputs as one run, from the same values, so with the same bits (AMD Zen 5, SiLU       \
- * forward of 1 x 2048 x 7 x 7: 1.14x; 1 x 256 x 3 x 3: 1.12x). */                        \
+ * forward of 1 x 2048 x 7 x 7: 1.14x; 1 x 256 x 3 x 3: 1.12x). stream: as gn_affine. */  \
 static void gn_pair_affine_##SUF(const ST *x, ST *y, ptrdiff_t Cg, ptrdiff_t S,           \
                                  ptrdiff_t xs, ptrdiff_t ys, CT m, double r, const CT *w, \
-                                 const CT *bias, int act, ptrdiff_t ahead)                \
+                                 const CT *bias, int act, ptrdiff_t ahead, int stream)    \
 {                                                                                         \
     const int two_steps = act == GN_ACT_SILU && sizeof(ST) == sizeof(CT) && ys == S       \
-                          && S % W != 0 && S < 4 * W;                                     \
+                          && S % W != 0 && S < 4 * W && !stream;                          \
     const int each = two_steps ? GN_ACT_NONE : act;                                       \
     ptrdiff_t k;                                                                          \
-    if (ahead == 0)               /* a copy without the prefetch */                       \
+    if (stream)                                                                           \
         for (k = 0; k < Cg; k++)                                                          \
             gn_affine_##SUF(x + k * xs, y + k * ys, S, m, gn_scale_##SUF(w, k, r),        \
-                            bias == NULL ? (CT)0 : bias[k], each, 0);                     \
+                            bias == NULL ? (CT)0 : bias[k], each, ahead, 1);              \
+    else if (ahead == 0)          /* a copy without the prefetch */                       \
+        for (k = 0; k < Cg; k++)                                                          \
+            gn_affine_##SUF(x + k * xs, y + k * ys, S, m, gn_scale_##SUF(w, k, r),        \
+                            bias == NULL ? (CT)0 : bias[k], each, 0, 0);                  \
     else                                                                                  \
         for (k = 0; k < Cg; k++)                                                          \
             gn_affine_##SUF(x + k * xs, y + k * ys, S, m, gn_scale_##SUF(w, k, r),        \
-                            bias == NULL ? (CT)0 : bias[k], each, ahead);                 \
+                            bias == NULL ? (CT)0 : bias[k], each, ahead, 0);              \
+    if (stream)                                                                           \
+        gn_stream_fence();                                                                \
     if (two_steps)                                                                        \
         gn_silu_in_place_##SUF(y, Cg * S);                                                \
 }                                                                                         \

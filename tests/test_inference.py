@@ -550,6 +550,41 @@ def test_low_precision_large_offset(rng, dtype, channel_axis):
         assert excess.max() <= 0, f"error exceeds the bound by {excess.max():.3g}"
 
 
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"], ids=["f32", "f16", "bf16"])
+def test_large_forward_written_by_streaming_stores(rng, dtype, activation):
+    """A channels-first y of 16 MiB or more takes the non-temporal store path, whose
+    aligned vectors sit between unaligned head and tail ones in odd-length channels: the
+    reference's values, and the same bits in place and for a sample alone."""
+    dtype = dtype_of(dtype)
+    shape = (2, 8, 521, 1031 if dtype.itemsize == 2 else 515)
+    x = random_array(rng, shape, dtype)
+    assert x.nbytes >= 1 << 24
+    weight, bias = random_affine(rng, shape[1], np.float32)
+    options = dict(activation=activation, return_stats=True)
+    y, mean, rstd = gncpu.group_norm(x, 4, weight, bias, **options)
+    y_ref, mean_ref, rstd_ref = reference_forward(x, 4, weight, bias, activation=activation)
+    assert_close(y, y_ref, FWD_TOL[dtype.name], "y")
+    assert_stats_close(mean, rstd, mean_ref, rstd_ref, FORWARD_TOL[np.float32])
+    alone = gncpu.group_norm(x[1:], 4, weight, bias, **options)
+    assert_bitwise(alone[0], y[1:], "y of sample 1 alone")
+    gncpu.group_norm(x, 4, weight, bias, out=x, activation=activation)
+    assert_bitwise(x, y, "y in place")
+
+
+def test_large_forward_of_few_groups_streams_by_chunks(rng):
+    """One group over 2 threads: the outputs go by chunks of a channel, each streamed
+    between unaligned ends; the reference's values, the same bits as on 1 thread."""
+    x = random_array(rng, (1, 8, 1031, 521), np.float32)
+    assert x.nbytes >= 1 << 24
+    weight, bias = random_affine(rng, 8, np.float32)
+    y, mean, rstd = gncpu.group_norm(x, 1, weight, bias, return_stats=True, num_threads=2)
+    y_ref, mean_ref, rstd_ref = reference_forward(x, 1, weight, bias)
+    assert_close(y, y_ref, FWD_TOL["float32"], "y")
+    assert_stats_close(mean, rstd, mean_ref, rstd_ref, FORWARD_TOL[np.float32])
+    assert_bitwise(gncpu.group_norm(x, 1, weight, bias, num_threads=1), y, "y on 1 thread")
+
+
 @pytest.mark.parametrize("channel_axis", AXES, ids=AXIS_IDS)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"], ids=["f16", "bf16"])
 def test_low_precision_parameters_in_float32_or_16_bits(rng, dtype, channel_axis):
