@@ -136,16 +136,20 @@ cdef extern from "_simd.h" nogil:
                               Py_ssize_t stride, Py_ssize_t ahead, double* mean, double* m2)
     void gn_rows_affine_f32(const float* x, float* y, Py_ssize_t rows, Py_ssize_t C,
                             Py_ssize_t xs, Py_ssize_t ys, const float* m, const float* a,
-                            const float* b, int act)
+                            const float* b, int act, Py_ssize_t ahead,
+                            int stream)
     void gn_rows_affine_f64(const double* x, double* y, Py_ssize_t rows, Py_ssize_t C,
                             Py_ssize_t xs, Py_ssize_t ys, const double* m, const double* a,
-                            const double* b, int act)
+                            const double* b, int act, Py_ssize_t ahead,
+                            int stream)
     void gn_rows_affine_f16(const uint16_t* x, uint16_t* y, Py_ssize_t rows, Py_ssize_t C,
                             Py_ssize_t xs, Py_ssize_t ys, const float* m, const float* a,
-                            const float* b, int act)
+                            const float* b, int act, Py_ssize_t ahead,
+                            int stream)
     void gn_rows_affine_bf16(const uint16_t* x, uint16_t* y, Py_ssize_t rows, Py_ssize_t C,
                              Py_ssize_t xs, Py_ssize_t ys, const float* m, const float* a,
-                             const float* b, int act)
+                             const float* b, int act, Py_ssize_t ahead,
+                            int stream)
     void gn_rows_grad_sums_f32(const float* dy, const float* x, Py_ssize_t rows, Py_ssize_t C,
                                Py_ssize_t dys, Py_ssize_t xs, const float* m, const float* a,
                                const float* b, int act, float* gs, Py_ssize_t gss,
@@ -210,7 +214,9 @@ cdef enum:
     # warm loop), except for grad_x with long runs (few lines where a channel's plain head
     # and tail stores meet streamed ones): from STREAM_LONG_BYTES with runs of
     # STREAM_LONG_RUN_BYTES (1.4x on 1 x 64 x 8 x 56 x 56, runs of 100 KB; 0.55-0.8x on
-    # 2 x 640 x 32 x 32, runs of 4 KB). Channels-last y gained nothing (0.95-1.03x).
+    # 2 x 640 x 32 x 32, runs of 4 KB). Channels-last y is streamed only when its rows
+    # make one run (gn_rows_affine): with a partial vector at each row's ends it gained
+    # nothing (0.95-1.03x on 8 x 256 x 56 x 56).
     STREAM_BYTES = 1 << 24
     STREAM_RUN_BYTES = 1024
     STREAM_LONG_BYTES = 1 << 22
@@ -222,7 +228,9 @@ cdef enum:
     # where the fetches only compete with the pass's own). Not with a residual: the next
     # pair's sum is not written yet. Channels-last, from PREFETCH_BYTES, the moments'
     # pass over a row chunk asks for the next chunk's lines (1.08x on 8 x 256 x 56 x 56;
-    # 0.92-1.0x on tensors in L3).
+    # 0.92-1.0x on tensors in L3), and the output pass over a sample for the next
+    # sample's, with low-locality prefetches (1.05x at 1 thread; prefetcht0's, which fill
+    # L1 too, ran 0.94x).
     PREFETCH_BYTES = 1 << 24
 
 # Storage kinds of the data arrays.
@@ -496,18 +504,21 @@ cdef inline void rows_moments(const char* x, Py_ssize_t rows, Py_ssize_t stride,
 
 cdef inline void rows_affine(const char* x, char* y, Py_ssize_t rows, Py_ssize_t width,
                              Py_ssize_t xs, Py_ssize_t ys, const Layout* L, const real* m,
-                             const real* a, const real* b) noexcept nogil:
-    """y = act((x - m) * a + b) over `width` channels of `rows` rows (gn_rows_affine)."""
+                             const real* a, const real* b, Py_ssize_t ahead=0) noexcept nogil:
+    """y = act((x - m) * a + b) over `width` channels of `rows` rows (gn_rows_affine),
+    asking for the lines `ahead` elements on; streamed if L.stream."""
     if real is double:
-        gn_rows_affine_f64(<const double*>x, <double*>y, rows, width, xs, ys, m, a, b, L.act)
+        gn_rows_affine_f64(<const double*>x, <double*>y, rows, width, xs, ys, m, a, b, L.act,
+                           ahead, L.stream)
     elif L.st == ST_F32:
-        gn_rows_affine_f32(<const float*>x, <float*>y, rows, width, xs, ys, m, a, b, L.act)
+        gn_rows_affine_f32(<const float*>x, <float*>y, rows, width, xs, ys, m, a, b, L.act,
+                           ahead, L.stream)
     elif L.st == ST_F16:
         gn_rows_affine_f16(<const uint16_t*>x, <uint16_t*>y, rows, width, xs, ys, m, a, b,
-                           L.act)
+                           L.act, ahead, L.stream)
     else:
         gn_rows_affine_bf16(<const uint16_t*>x, <uint16_t*>y, rows, width, xs, ys, m, a, b,
-                            L.act)
+                            L.act, ahead, L.stream)
 
 
 cdef inline void rows_grad_sums(const char* dy, const char* x, char* dx, Py_ssize_t rows,
@@ -853,7 +864,9 @@ cdef void forward_groups_nhwc(const char* x, const char* res, char* s, char* y,
     channel_coefficients(L, i, g0, g1, mean, rstd, weight, bias, coef, coef + L.C,
                          coef + 2 * L.C)
     rows_affine(at(src, i * srcN + c0, L), at(y, i * L.ysN + c0, L), L.S, c1 - c0, srcs, L.ys,
-                L, coef + c0, coef + L.C + c0, coef + 2 * L.C + c0)
+                L, coef + c0, coef + L.C + c0, coef + 2 * L.C + c0,
+                L.xsN if res == NULL and i + 1 < L.N
+                and L.N * L.C * L.S * L.item >= PREFETCH_BYTES else 0)
 
 
 cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const Layout* L,
@@ -879,7 +892,7 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
     cdef const char* src = x if res == NULL else <const char*>s  # outputs normalized from
     cdef Py_ssize_t srcN = L.xsN if res == NULL else L.ssN
     cdef Py_ssize_t srcs = L.xs if res == NULL else L.ss
-    coef = aligned_like(coef, src, L)
+    coef = aligned_like(coef, y if L.stream else src, L)  # as the vectors (gn_rows_affine)
     if not split:
         if threads == 1:
             for i in range(L.N):
@@ -1763,8 +1776,8 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
     rstd = cnp.PyArray_EMPTY(2, stat_dims, typenum, 0)
     threads = plan_threads(num_threads, N * C * S)
     # y written with non-temporal stores (see STREAM_BYTES); not over a sum in cache
-    L.stream = (not last and r3 is None and N * C * S * L.item >= STREAM_BYTES
-                and S * L.item >= STREAM_RUN_BYTES)
+    L.stream = r3 is None and N * C * S * L.item >= STREAM_BYTES and (
+        last or S * L.item >= STREAM_RUN_BYTES)
     cdef char* pw = ptr(w)
     cdef char* pb = ptr(b)
     cdef char* pm = ptr(mean)

@@ -572,6 +572,61 @@ def test_large_forward_written_by_streaming_stores(rng, dtype, activation):
     assert_bitwise(x, y, "y in place")
 
 
+def placed(a, offset):
+    """A C-contiguous copy of ``a`` starting ``offset`` elements into a fresh buffer."""
+    buf = np.empty(a.size + offset, a.dtype)
+    view = buf[offset:].reshape(a.shape)
+    view[...] = a
+    return view
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", [(2, 9, 11, 64), (1, 5, 7, 16), (3, 4, 96)],
+                         ids=["9x11x64", "5x7x16", "4x96"])
+def test_channels_last_rows_as_one_run_at_any_alignment(rng, shape, dtype, activation):
+    """Channels-last rows with no gap, C a multiple of the vector width, go as one run
+    whose vectors follow x's alignment, each row's last one crossing into the next row:
+    at any offset of x and of out, in place, and over 2 threads, the same bits; and the
+    reference's values."""
+    dtype = dtype_of(dtype)
+    x0 = random_array(rng, shape, dtype)
+    weight, bias = random_affine(rng, shape[-1], dtype)
+    options = dict(channel_axis=-1, activation=activation)
+    expected = gncpu.group_norm(x0, 4, weight, bias, **options)
+    y_ref = reference_forward(x0, 4, weight, bias, **options)[0]
+    assert_close(expected, y_ref, FWD_TOL[dtype.name], "y")
+    for x_offset in (0, 3, 8, 13):
+        x = placed(x0, x_offset)
+        for out_offset in (0, 5, 11):
+            out = placed(np.zeros_like(x0), out_offset)
+            gncpu.group_norm(x, 4, weight, bias, out=out, **options)
+            assert_bitwise(out, expected, f"y, x at +{x_offset}, out at +{out_offset}")
+        gncpu.group_norm(x, 4, weight, bias, out=x, **options)
+        assert_bitwise(x, expected, f"y in place at +{x_offset}")
+    for i in range(shape[0]):
+        alone = gncpu.group_norm(placed(x0[i:i + 1], 7), 4, weight, bias, num_threads=2,
+                                 **options)
+        assert_bitwise(alone, expected[i:i + 1], f"sample {i} alone on 2 threads")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"], ids=["f32", "f16"])
+def test_large_channels_last_forward_streamed_whatever_the_alignments(rng, dtype):
+    """A channels-last y of 16 MiB or more is streamed at y's alignment, here not x's:
+    the reference's values, and the same bits as out at x's alignment."""
+    dtype = np.dtype(dtype)
+    shape = (2, 130, 130 * (4 // dtype.itemsize), 128)
+    x = placed(random_array(rng, shape, dtype), 3)
+    assert x.nbytes >= 1 << 24
+    weight, bias = random_affine(rng, shape[-1], np.float32)
+    y = gncpu.group_norm(x, 8, weight, bias, channel_axis=-1, out=placed(np.empty_like(x), 9))
+    assert_close(y, reference_forward(x, 8, weight, bias, channel_axis=-1)[0],
+                 FWD_TOL[dtype.name], "y")
+    aligned = gncpu.group_norm(x, 8, weight, bias, channel_axis=-1,
+                               out=placed(np.empty_like(x), 3))
+    assert_bitwise(aligned, y, "y at x's alignment")
+
+
 def test_large_forward_of_few_groups_streams_by_chunks(rng):
     """One group over 2 threads: the outputs go by chunks of a channel, each streamed
     between unaligned ends; the reference's values, the same bits as on 1 thread."""
