@@ -834,9 +834,9 @@ cdef inline bint by_groups(Py_ssize_t cuts, Py_ssize_t ranges,
 
 cdef inline real* aligned_like(real* p, const char* x, const Layout* L) noexcept nogil:
     """p moved on by less than a vector of reals, so that p + c starts a vector wherever
-    x + c (in storage elements) does: gn_rows_affine peels x's rows to vector alignment
-    (gn_rows_head), and the coefficient vectors it loads with x's then align too. p needs
-    GN_VBYTES bytes to spare."""
+    x + c (in storage elements) does: gn_rows_affine puts its vectors at the alignment of
+    x (of y when streaming, then passed here as x), and the coefficient vectors it loads
+    with them then align too. p needs GN_VBYTES bytes to spare."""
     cdef size_t lanes = GN_VBYTES // sizeof(real)
     cdef size_t want = (<size_t>x // <size_t>L.item) % lanes
     cdef size_t have = (<size_t>p // sizeof(real)) % lanes
@@ -1461,9 +1461,17 @@ cdef cnp.ndarray kernel_array(object obj, object storage, bint last, Py_ssize_t*
     cdef cnp.ndarray arr = obj
     if not cnp.PyArray_EquivTypes(arr.descr, <cnp.dtype>storage) \
             or not kernel_strides(arr, last, sN, s):
-        arr = np.ascontiguousarray(arr, dtype=storage)
+        arr = aligned_copy(arr, storage)
         kernel_strides(arr, last, sN, s)
     return arr
+
+
+cdef cnp.ndarray aligned_copy(cnp.ndarray arr, object dtype):
+    """arr as a C-contiguous, aligned array of dtype: np.ascontiguousarray returns a
+    contiguous array at an address not a multiple of its item size (a view into a byte
+    buffer) as it is, so such an array is copied."""
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    return arr if cnp.PyArray_ISALIGNED(arr) else arr.copy()
 
 
 cdef cnp.ndarray to_array(object obj, str name):
@@ -1510,7 +1518,7 @@ cdef cnp.ndarray channel_vector(object obj, str name, Py_ssize_t C, int typenum)
     if cnp.PyArray_NDIM(arr) != 1 or cnp.PyArray_DIMS(arr)[0] != C:
         raise ValueError(f"{named(name, obj)} has shape {(<object>arr).shape}; expected (C,) "
                          f"= ({C},)")
-    return np.ascontiguousarray(arr, dtype=np.dtype(F32 if typenum == cnp.NPY_FLOAT32 else F64))
+    return aligned_copy(arr, np.dtype(F32 if typenum == cnp.NPY_FLOAT32 else F64))
 
 
 cdef cnp.ndarray stats_array(object obj, str name, Py_ssize_t N, Py_ssize_t G, int typenum,
@@ -1529,7 +1537,7 @@ cdef cnp.ndarray stats_array(object obj, str name, Py_ssize_t N, Py_ssize_t G, i
     if (<object>arr).shape != (N, G):
         raise ValueError(f"{named(name, obj)} has shape {(<object>arr).shape}; expected (N, G) "
                          f"= ({N}, {G})")
-    return np.ascontiguousarray(arr, dtype=F32 if typenum == cnp.NPY_FLOAT32 else F64)
+    return aligned_copy(arr, np.dtype(F32 if typenum == cnp.NPY_FLOAT32 else F64))
 
 
 cdef double check_eps(object eps) except? -1:

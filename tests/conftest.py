@@ -57,7 +57,7 @@ CASE_IDS = [case_id(c) for c in CASES]
 
 # Memory layouts every function must accept; see ``with_layout``.
 LAYOUTS = ("C", "F", "strided", "negative", "permuted", "channels_last", "readonly",
-           "byteswapped")
+           "byteswapped", "unaligned")
 
 
 def random_case(rng, max_size=200_000):
@@ -136,6 +136,8 @@ def with_layout(x, layout):
     (1, 2, ..., 0) and transposed back. channels_last: stored as (N, *spatial, C), i.e. NHWC
     memory behind the (N, C, H, W) view. readonly: a C copy with writeable=False.
     byteswapped: the non-native byte order (``x.astype('>f4')`` on little-endian).
+    unaligned: a C copy one byte into a buffer, so at an address that is no multiple of
+    its item size (NumPy's flags.aligned is False).
     """
     x = np.asarray(x)
     if layout == "C":
@@ -168,6 +170,11 @@ def with_layout(x, layout):
         return out
     if layout == "byteswapped":
         return x.astype(x.dtype.newbyteorder("S"))
+    if layout == "unaligned":
+        buf = np.empty(x.nbytes + 1, np.uint8)
+        out = np.frombuffer(buf.data, x.dtype, x.size, offset=1).reshape(x.shape)
+        out[...] = x
+        return out
     raise ValueError(layout)
 
 

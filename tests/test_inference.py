@@ -201,7 +201,7 @@ def test_matches_composed_reference(rng, case, dtype, channel_axis, activation):
 
 
 @pytest.mark.parametrize("layout", ["padded", "transposed", "F", "strided", "negative",
-                                    "readonly", "byteswapped"])
+                                    "readonly", "byteswapped", "unaligned"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"], ids=["f32", "f16"])
 @pytest.mark.parametrize("case", [CASES[2], CASES[4]], ids=[CASE_IDS[2], CASE_IDS[4]])
 def test_channels_last_any_memory_layout(rng, case, dtype, layout):
@@ -679,7 +679,7 @@ def test_out(rng, dtype, channel_axis, out_layout):
     assert_bitwise(np.ascontiguousarray(out), expected, "out")
 
 
-@pytest.mark.parametrize("layout", ["C", "F", "padded", "negative"])
+@pytest.mark.parametrize("layout", ["C", "F", "padded", "negative", "unaligned"])
 @pytest.mark.parametrize("channel_axis", AXES, ids=AXIS_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_out_is_x_in_place(rng, dtype, channel_axis, layout):
