@@ -205,8 +205,9 @@ cdef enum:
     OUTPUT_CUT_CHUNKS = 4
     # Below this many elements per thread, waking another thread costs more than it saves.
     MIN_WORK_PER_THREAD = 32768
-    # A grad_x or (without a residual) y of at least STREAM_BYTES, in channel runs of at
-    # least STREAM_RUN_BYTES, is written with non-temporal stores: it cannot stay in cache
+    # A grad_x or (without a residual) y of at least STREAM_BYTES, channels-first in
+    # channel runs of at least STREAM_RUN_BYTES, or channels-last where its rows make one
+    # run (gn_rows_affine), is written with non-temporal stores: it cannot stay in cache
     # anyway, and they save reading each line first (8 x 256 x 56 x 56 float32: backward
     # 1.2-1.35x; forward 1.10-1.16x at 1 thread, 1.07x at 2, SiLU 1.10x; 16 x 256 x 64 x 64
     # forward 1.19x at 2). One fence per pair, not per channel: the forward lost 0.93x
@@ -214,9 +215,8 @@ cdef enum:
     # warm loop), except for grad_x with long runs (few lines where a channel's plain head
     # and tail stores meet streamed ones): from STREAM_LONG_BYTES with runs of
     # STREAM_LONG_RUN_BYTES (1.4x on 1 x 64 x 8 x 56 x 56, runs of 100 KB; 0.55-0.8x on
-    # 2 x 640 x 32 x 32, runs of 4 KB). Channels-last y is streamed only when its rows
-    # make one run (gn_rows_affine): with a partial vector at each row's ends it gained
-    # nothing (0.95-1.03x on 8 x 256 x 56 x 56).
+    # 2 x 640 x 32 x 32, runs of 4 KB). Channels-last, with a partial vector at each row's
+    # ends, streaming gained nothing (0.95-1.03x on 8 x 256 x 56 x 56).
     STREAM_BYTES = 1 << 24
     STREAM_RUN_BYTES = 1024
     STREAM_LONG_BYTES = 1 << 22
@@ -270,13 +270,17 @@ cdef inline void merge_moments(Moments* a, const Moments* b) noexcept nogil:
 
 cdef inline void finish_stats(const Moments* m, double eps, Py_ssize_t p,
                               real* mean, real* rstd) noexcept nogil:
-    """mean and rstd = 1 / sqrt(M2 / n + eps) of pair p from its merged moments."""
+    """mean and rstd = 1 / sqrt(M2 / n + eps) of pair p from its merged moments. M2 is
+    taken as 0 where rounding left it below: a spread whose float32 squares underflow (std
+    below about 1e-20) gives sum(d)^2 / n > sum(d^2), and with eps = 0 a NaN."""
+    cdef double var
     if m.n == 0:
         mean[p] = NAN
         rstd[p] = NAN
     else:
+        var = m.m2 / m.n
         mean[p] = <real>m.mean
-        rstd[p] = <real>(1.0 / sqrt(m.m2 / m.n + eps))
+        rstd[p] = <real>(1.0 / sqrt((0.0 if var < 0 else var) + eps))
 
 
 # ---------------------------------------------------------------------------------------
@@ -296,7 +300,8 @@ cdef struct Layout:
     # the group is contiguous and whole-group runs are allowed, else one per channel).
     # Channels-last: a sample is cut into row chunks of ROW_CHUNK rows.
     Py_ssize_t rows, row_len, row_chunks
-    # Channels-first: y or grad_x written with non-temporal stores (see STREAM_BYTES).
+    # y (channels-first, or channels-last rows as one run) or grad_x (channels-first)
+    # written with non-temporal stores (see STREAM_BYTES).
     # Backward, with an activation and float32/float64 storage: g is kept in grad_x by the
     # sums and read back by the grad_x pass (see gn_pair_grad_sums).
     bint stream, keep_g
@@ -892,7 +897,10 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
     cdef const char* src = x if res == NULL else <const char*>s  # outputs normalized from
     cdef Py_ssize_t srcN = L.xsN if res == NULL else L.ssN
     cdef Py_ssize_t srcs = L.xs if res == NULL else L.ss
-    coef = aligned_like(coef, y if L.stream else src, L)  # as the vectors (gn_rows_affine)
+    # the coefficients at the alignment gn_rows_affine gives its vectors: y's when its
+    # rows are one streamed run, else x's
+    coef = aligned_like(coef, y if L.stream and L.xs == L.C and L.ys == L.C
+                        and L.C % (GN_VBYTES // sizeof(real)) == 0 else src, L)
     if not split:
         if threads == 1:
             for i in range(L.N):
@@ -1416,23 +1424,25 @@ cdef bint kernel_strides(cnp.ndarray a, bint last, Py_ssize_t* sN, Py_ssize_t* s
     """Whether `a` (ndim >= 2) can be read by the kernels as it is: aligned, native byte
     order, element strides, and unit stride along S (channels-first) or C (channels-last)
     with the other axes collapsible. If so, its element strides along N and along C
-    (channels-first) or S (channels-last)."""
+    (channels-first) or S (channels-last). An axis of length 1 may have any stride (NumPy
+    calls such arrays contiguous and aligned whatever it is): its stride is never taken."""
     cdef int k, nd = cnp.PyArray_NDIM(a)
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a), expected = item, inner = 0
     cdef bint found = False
     cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(a)
     cdef cnp.npy_intp* strides = cnp.PyArray_STRIDES(a)
-    if not (cnp.PyArray_ISALIGNED(a) and cnp.PyArray_ISNOTSWAPPED(a)) or strides[0] % item:
+    if not (cnp.PyArray_ISALIGNED(a) and cnp.PyArray_ISNOTSWAPPED(a)) \
+            or dims[0] != 1 and strides[0] % item:
         return False
     if not last:
         for k in range(nd - 1, 1, -1):
             if dims[k] != 1 and strides[k] != expected:
                 return False
             expected *= dims[k]
-        if strides[1] % item:
+        if dims[1] != 1 and strides[1] % item:
             return False
-        sN[0] = strides[0] // item
-        s[0] = strides[1] // item
+        sN[0] = strides[0] // item if dims[0] != 1 else 0
+        s[0] = strides[1] // item if dims[1] != 1 else 0
         return True
     if dims[nd - 1] != 1 and strides[nd - 1] != item:
         return False
@@ -1449,7 +1459,7 @@ cdef bint kernel_strides(cnp.ndarray a, bint last, Py_ssize_t* sN, Py_ssize_t* s
             return False
         else:
             expected *= dims[k]
-    sN[0] = strides[0] // item
+    sN[0] = strides[0] // item if dims[0] != 1 else 0
     s[0] = inner if found else dims[nd - 1]
     return True
 
@@ -1462,7 +1472,10 @@ cdef cnp.ndarray kernel_array(object obj, object storage, bint last, Py_ssize_t*
     if not cnp.PyArray_EquivTypes(arr.descr, <cnp.dtype>storage) \
             or not kernel_strides(arr, last, sN, s):
         arr = aligned_copy(arr, storage)
-        kernel_strides(arr, last, sN, s)
+        if not kernel_strides(arr, last, sN, s) and cnp.PyArray_SIZE(arr) > 0:
+            raise RuntimeError(f"gncpu cannot read a {arr.dtype} array with strides "
+                               f"{(<object>arr).strides} even after copying it: please "
+                               "report this")
     return arr
 
 
@@ -1778,6 +1791,12 @@ def group_norm(x, num_groups=None, weight=None, bias=None, eps=1e-5, *, group_si
         s3 = y3             # the sum lives in the output until it is normalized in place
         L.ssN = L.ysN
         L.ss = L.ys
+    # weight or bias inside an output would be overwritten while still being read
+    if outarr is not None or resout is not None:
+        if w is not None and (overlaps(w, y3) or s3 is not None and overlaps(w, s3)):
+            w = w.copy()
+        if b is not None and (overlaps(b, y3) or s3 is not None and overlaps(b, s3)):
+            b = b.copy()
     stat_dims[0] = N
     stat_dims[1] = G
     mean = cnp.PyArray_EMPTY(2, stat_dims, typenum, 0)

@@ -897,13 +897,14 @@ static inline void gn_add_##SUF(const ST *x, const ST *r, ST *s, ptrdiff_t n)   
 /* y = act((x - m) * a + b) over n > 0 contiguous elements; y may be x. With n >= W,      \
  * whole vectors only: aligned ones from the first aligned element, and the first and     \
  * last W elements, computed before any store (in place, the loop may overwrite them)     \
- * and stored after it, over lanes it wrote with the same values. The 16-byte vectors     \
- * of 2-byte storage start at y, unaligned: on AMD Zen 5 the split ones cost less than    \
- * an extra first vector (channels of 49 to 64 elements 1.06-1.14x faster, long ones the  \
- * same). So do those with SiLU over up to 16 whole vectors: the loop then covers every  \
- * element, and SiLU's arithmetic outweighs split lines (channels of 64 elements: SiLU    \
- * forward 1.17-1.18x at 1 and 2 threads; 256: 1.04-1.08x). Longer channels save too      \
- * little: 784 or 1024 elements ran 0.93-0.94x at 2 threads, all stores split. */         \
+ * and stored after it, over lanes it wrote with the same values. Unless streamed, the    \
+ * half-width vectors of 2-byte storage start at y, unaligned: on AMD Zen 5 the split     \
+ * ones cost less than an extra first vector (channels of 49 to 64 elements 1.06-1.14x    \
+ * faster, long ones the same). So do those with SiLU over up to 16 whole vectors: the    \
+ * loop then covers every element, and SiLU's arithmetic outweighs split lines (channels  \
+ * of 64 elements: SiLU forward 1.17-1.18x at 1 and 2 threads; 256: 1.04-1.08x). Longer   \
+ * channels save too little: 784 or 1024 elements ran 0.93-0.94x at 2 threads, all        \
+ * stores split. */                                                                       \
 static inline VT gn_affine_vec_##SUF(VT x, VT vm, VT va, VT vb, int act)                  \
 {                                                                                         \
     return gn_act_##SUF(VFMA(gn_center_##SUF(x, vm), va, vb), act);                       \
@@ -1261,7 +1262,7 @@ static void gn_pair_affine_##SUF(const ST *x, ST *y, ptrdiff_t Cg, ptrdiff_t S, 
                                  const CT *bias, int act, ptrdiff_t ahead, int stream)    \
 {                                                                                         \
     const int two_steps = act == GN_ACT_SILU && sizeof(ST) == sizeof(CT) && ys == S       \
-                          && S % W != 0 && S < 4 * W && !stream;                          \
+                          && S % W != 0 && S < 4 * W;                                     \
     const int each = two_steps ? GN_ACT_NONE : act;                                       \
     ptrdiff_t k;                                                                          \
     if (stream)                                                                           \
@@ -1380,9 +1381,7 @@ static inline ptrdiff_t gn_rows_head_##SUF(const ST *x, ptrdiff_t stride, ptrdif
     return stride % W == 0 && C >= GN_HEAD_CHANNELS ? gn_head_##SUF(x, C) : 0;            \
 }                                                                                         \
                                                                                           \
-/* y[r, c] = act((x[r, c] - m[c]) * a[c] + b[c]) over a (rows, C) block, each row as      \
- * a head (gn_rows_head; not with SiLU, whose arithmetic outweighs split lines: AMD Zen 5 \
- * ran it 0.99x as fast with one), full vectors and a partial one. */                     \
+/* y = act((x - m) * a + b) over n < W channels of one row. */                            \
 static inline void gn_rows_affine_part_##SUF(const ST *x, ST *y, ptrdiff_t n, const CT *m,\
                                              const CT *a, const CT *b, int act)           \
 {                                                                                         \
@@ -1391,6 +1390,8 @@ static inline void gn_rows_affine_part_##SUF(const ST *x, ST *y, ptrdiff_t n, co
         gn_vload_cpart_##SUF(b, n), act), n);                                             \
 }                                                                                         \
                                                                                           \
+/* y[r, c] = act((x[r, c] - m[c]) * a[c] + b[c]) over a (rows, C) block, each row as a    \
+ * partial vector of `head` channels, full vectors and a partial one. */                  \
 static inline __attribute__((always_inline)) void gn_rows_affine_loop_##SUF(              \
     const ST *x, ST *y, ptrdiff_t rows, ptrdiff_t C, ptrdiff_t xs, ptrdiff_t ys,          \
     const CT *m, const CT *a, const CT *b, int act, ptrdiff_t head, ptrdiff_t ahead)      \
@@ -1414,10 +1415,11 @@ static inline __attribute__((always_inline)) void gn_rows_affine_loop_##SUF(    
 }                                                                                         \
                                                                                           \
 /* Rows of C channels with no gap between them (C a multiple of W) as one run, in whole   \
- * vectors from y + head on, head < W being the elements before y reaches vector          \
- * alignment: each row's last vector takes the next row's first head elements, with       \
- * coefficient vectors built once (channels C - W + head to C - 1, then 0 to head - 1).   \
- * Only the block's first head and last W - head elements go as partial vectors. */       \
+ * vectors from y + head on, head < W (the elements before x, or y when streaming,        \
+ * reaches vector alignment): each row's last vector takes the next row's first head      \
+ * elements, with coefficient vectors built once (channels C - W + head to C - 1, then 0  \
+ * to head - 1). Only the block's first head and last W - head elements go as partial     \
+ * vectors. */                                                                            \
 static inline __attribute__((always_inline)) void gn_run_affine_loop_##SUF(               \
     const ST *x, ST *y, ptrdiff_t rows, ptrdiff_t C, const CT *m, const CT *a,            \
     const CT *b, int act, ptrdiff_t head, ptrdiff_t ahead, int stream)                    \

@@ -52,8 +52,10 @@ class GroupNorm:
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32, *,
                  channel_axis=1, activation=None):
-        if type(channel_axis) is bool or not isinstance(channel_axis, numbers.Integral) \
-                or channel_axis not in (1, -1):
+        if type(channel_axis) is bool or not isinstance(channel_axis, numbers.Integral):
+            raise TypeError(f"channel_axis={channel_axis!r} must be an integer: 1 (channels "
+                            "first) or -1 (channels last)")
+        if channel_axis not in (1, -1):
             raise ValueError(f"channel_axis={channel_axis!r} is not supported by the layer: "
                              "use 1 (channels first) or -1 (channels last)")
         if num_groups is None:

@@ -107,6 +107,32 @@ def test_broadcast_input(rng):
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape, strides, odd_axis, channel_axis, groups", [
+    ((1, 2, 1, 5), (10, 5, 5, 1), 0, 1, 2),  # N = 1
+    ((2, 1, 5), (5, 5, 1), 1, 1, 1),  # C = 1
+    ((1, 5, 2), (10, 2, 1), 0, -1, 2),  # channels-last, N = 1
+], ids=["N1", "C1", "nhwc-N1"])
+def test_length_one_axes_with_any_stride(rng, shape, strides, odd_axis, channel_axis, groups,
+                                         dtype):
+    """NumPy calls an array contiguous and aligned whatever the strides of its axes of
+    length 1, even strides that are no multiple of the item size (a structured array's
+    field, np.lib.stride_tricks.as_strided): forward and backward read it as its copy.
+    Here the axis odd_axis, of length 1, is 3 bytes long."""
+    item = np.dtype(dtype).itemsize
+    byte_strides = [k * item for k in strides]
+    byte_strides[odd_axis] = 3
+    x = np.lib.stride_tricks.as_strided(random_array(rng, (64,), dtype), shape, byte_strides)
+    assert x.flags.c_contiguous and x.flags.aligned
+    options = dict(channel_axis=channel_axis)
+    expected, mean, rstd = gncpu.group_norm(x.copy(), groups, return_stats=True, **options)
+    assert_bitwise(gncpu.group_norm(x, groups, **options), expected, "y")
+    grads = gncpu.group_norm_backward(x, x, mean, rstd, groups, **options)
+    copies = gncpu.group_norm_backward(x.copy(), x.copy(), mean, rstd, groups, **options)
+    for name, a, b in zip(("grad_x", "grad_weight", "grad_bias"), grads, copies):
+        assert_bitwise(a, b, name)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
 @pytest.mark.parametrize("shape", [(0, 6, 5), (0, 4), (0, 4, 3, 3)])
 def test_empty_batch(shape, dtype):
     x = np.empty(shape, dtype)
@@ -191,6 +217,19 @@ def test_stability_float64_large_offset(rng):
 def test_eps(rng, eps, dtype):
     x = random_array(rng, (2, 6, 17), dtype) * dtype(0.1)  # variance comparable to eps
     check_forward(x, 3, eps=eps)
+
+
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_eps_zero_with_a_spread_below_float32_squares(rng, channel_axis):
+    """With eps=0, a group whose deviations square to float32 underflow: its rounded M2
+    must not go below 0, so rstd is inf or huge, never NaN (neither are the outputs)."""
+    x = (rng.standard_normal((1, 2, 64)) * 1e-25).astype(np.float32)
+    if channel_axis == -1:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    y, mean, rstd = gncpu.group_norm(x, 1, eps=0.0, return_stats=True,
+                                     channel_axis=channel_axis)
+    assert not np.isnan(rstd).any() and (rstd > 1e6).all(), rstd
+    assert not np.isnan(y).any()
 
 
 @pytest.mark.parametrize("out_layout", ["C", "F", "strided", "negative",

@@ -463,6 +463,26 @@ def test_residual_outputs_may_alias_inputs(rng, dtype, channel_axis, layout, ali
             assert np.isnan(array.base[..., -3:]).all(), f"{name}'s gaps written"
 
 
+@pytest.mark.parametrize("target", ["out", "residual_out"])
+@pytest.mark.parametrize("param", ["weight", "bias"])
+@pytest.mark.parametrize("channel_axis", AXES, ids=AXIS_IDS)
+def test_weight_or_bias_inside_an_output(rng, channel_axis, param, target):
+    """weight or bias may be a view into out or residual_out, which the kernels write
+    while still reading the parameters: the same result as with a copy."""
+    shape = (2, 6, 1) if channel_axis == 1 else (2, 4, 6)
+    x, residual = random_array(rng, shape, np.float32), random_array(rng, shape, np.float32)
+    buffers = {"out": np.zeros(shape, np.float32), "residual_out": np.zeros(shape, np.float32)}
+    inside = buffers[target][0, :, 0] if channel_axis == 1 else buffers[target][0, 0]
+    inside[...] = random_affine(rng, 6, np.float32)[0]
+    params = {"weight": None, "bias": None}
+    params[param] = inside
+    options = dict(channel_axis=channel_axis, residual=residual)
+    expected = gncpu.group_norm(x, 3, **{k: v if v is None else v.copy()
+                                         for k, v in params.items()}, **options)
+    y = gncpu.group_norm(x, 3, **params, **{target: buffers[target]}, **options)
+    assert_bitwise(y, expected, f"y with {param} inside {target}")
+
+
 def test_residual_may_be_x_itself(rng):
     x = random_array(rng, (2, 6, 33), np.float32)
     total = np.empty_like(x)
@@ -879,7 +899,9 @@ def test_inputs_are_not_modified(rng, dtype, channel_axis, layout):
 
 @pytest.mark.parametrize("channel_axis", [0, 2, 5, -2, True, 1.0, "x", None])
 def test_layer_rejects_channel_axis(channel_axis):
-    raises_naming(ValueError, f"channel_axis={channel_axis!r}", func=gncpu.GroupNorm,
+    """Out of range: ValueError; not an integer: TypeError, as the functions raise."""
+    error = ValueError if type(channel_axis) is int else TypeError
+    raises_naming(error, f"channel_axis={channel_axis!r}", func=gncpu.GroupNorm,
                   num_groups=2, num_channels=4, channel_axis=channel_axis)
 
 
