@@ -52,6 +52,7 @@ cdef extern from "_simd.h" nogil:
     void gn_chunk_moments_f16(const uint16_t* x, Py_ssize_t n, double* mean, double* m2)
     void gn_chunk_moments_bf16(const uint16_t* x, Py_ssize_t n, double* mean, double* m2)
     void gn_stream_fence()
+    bint gn_rows_run(Py_ssize_t C, Py_ssize_t xs, Py_ssize_t ys, Py_ssize_t lanes)
     void gn_add_f32(const float* x, const float* r, float* s, Py_ssize_t n)
     void gn_add_f64(const double* x, const double* r, double* s, Py_ssize_t n)
     void gn_add_f16(const uint16_t* x, const uint16_t* r, uint16_t* s, Py_ssize_t n)
@@ -899,8 +900,9 @@ cdef void forward_nhwc(const char* x, const char* res, char* s, char* y, const L
     cdef Py_ssize_t srcs = L.xs if res == NULL else L.ss
     # the coefficients at the alignment gn_rows_affine gives its vectors: y's when its
     # rows are one streamed run, else x's
-    coef = aligned_like(coef, y if L.stream and L.xs == L.C and L.ys == L.C
-                        and L.C % (GN_VBYTES // sizeof(real)) == 0 else src, L)
+    coef = aligned_like(coef, y if L.stream and gn_rows_run(L.C, L.xs, L.ys,
+                                                           GN_VBYTES // sizeof(real))
+                        else src, L)
     if not split:
         if threads == 1:
             for i in range(L.N):

@@ -586,6 +586,22 @@ static inline void gn_prefetch_lines(const void *p, size_t bytes)
         __builtin_prefetch((const char *)p + o);
 }
 
+/* The same with low temporal locality: into L2, not L1, whose lines the caller's own pass
+ * needs (channels-last outputs asking for the next sample: 1.05x; into L1, 0.94x). */
+static inline void gn_prefetch_lines_low(const void *p, size_t bytes)
+{
+    size_t o;
+    for (o = 0; o < bytes; o += 64)
+        __builtin_prefetch((const char *)p + o, 0, 1);
+}
+
+/* Whether rows of C channels, xs and ys elements apart, follow each other with no gap in
+ * whole vectors of `lanes`: gn_rows_affine then takes them as one run. */
+static inline int gn_rows_run(ptrdiff_t C, ptrdiff_t xs, ptrdiff_t ys, ptrdiff_t lanes)
+{
+    return xs == C && ys == C && C % lanes == 0;
+}
+
 /* Lane j plus lane j + W/2, and so on down to one lane: a vector's lanes added pairwise.
  * With AVX, on halves of the register: the same additions, without the trip through the
  * stack that a loop over lanes takes (its store-to-load chain was 40% of the channels-
@@ -910,6 +926,15 @@ static inline VT gn_affine_vec_##SUF(VT x, VT vm, VT va, VT vb, int act)        
     return gn_act_##SUF(VFMA(gn_center_##SUF(x, vm), va, vb), act);                       \
 }                                                                                         \
                                                                                           \
+/* v stored at p, as a non-temporal store if stream (p aligned). */                       \
+static inline void gn_vput_##SUF(ST *p, VT v, int stream)                                 \
+{                                                                                         \
+    if (stream)                                                                           \
+        gn_vstream_##SUF(p, v);                                                           \
+    else                                                                                  \
+        gn_vstore_##SUF(p, v);                                                            \
+}                                                                                         \
+                                                                                          \
 /* gn_affine's whole vectors from y + head on, up to n; returns where they stopped.       \
  * stream: as non-temporal stores (y + head aligned), fenced by the caller. */            \
 static inline __attribute__((always_inline)) ptrdiff_t gn_affine_loop_##SUF(              \
@@ -921,10 +946,7 @@ static inline __attribute__((always_inline)) ptrdiff_t gn_affine_loop_##SUF(    
         const VT v = gn_affine_vec_##SUF(gn_vload_##SUF(x + i), vm, va, vb, act);         \
         if (ahead)                                                                        \
             __builtin_prefetch(x + i + ahead, 0, 2);                                      \
-        if (stream)                                                                       \
-            gn_vstream_##SUF(y + i, v);                                                   \
-        else                                                                              \
-            gn_vstore_##SUF(y + i, v);                                                    \
+        gn_vput_##SUF(y + i, v, stream);                                                  \
     }                                                                                     \
     return i;                                                                             \
 }                                                                                         \
@@ -1401,8 +1423,7 @@ static inline __attribute__((always_inline)) void gn_rows_affine_loop_##SUF(    
         const ST *xr = x + r * xs;                                                        \
         ST *yr = y + r * ys;                                                              \
         if (ahead)                                                                        \
-            for (c = 0; c < C; c += 64 / (ptrdiff_t)sizeof(ST))                           \
-                __builtin_prefetch(xr + ahead + c, 0, 1);                                 \
+            gn_prefetch_lines_low(xr + ahead, (size_t)C * sizeof(ST));                    \
         if (head > 0)                                                                     \
             gn_rows_affine_part_##SUF(xr, yr, head, m, a, b, act);                        \
         for (c = head; c + W <= C; c += W)                                                \
@@ -1412,6 +1433,16 @@ static inline __attribute__((always_inline)) void gn_rows_affine_loop_##SUF(    
         if (c < C)                                                                        \
             gn_rows_affine_part_##SUF(xr + c, yr + c, C - c, m + c, a + c, b + c, act);   \
     }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* The W values p[C - W + head], ..., p[C - 1], p[0], ..., p[head - 1] (0 <= head < W):   \
+ * the coefficients of a vector that crosses from one row of C channels into the next. */ \
+static inline VT gn_vload_wrap_##SUF(const CT *p, ptrdiff_t C, ptrdiff_t head)            \
+{                                                                                         \
+    CT t[W];                                                                              \
+    memcpy(t, p + C - W + head, (size_t)(W - head) * sizeof(CT));                         \
+    memcpy(t + W - head, p, (size_t)head * sizeof(CT));                                   \
+    return gn_vload_c_##SUF(t);                                                           \
 }                                                                                         \
                                                                                           \
 /* Rows of C channels with no gap between them (C a multiple of W) as one run, in whole   \
@@ -1424,46 +1455,29 @@ static inline __attribute__((always_inline)) void gn_run_affine_loop_##SUF(     
     const ST *x, ST *y, ptrdiff_t rows, ptrdiff_t C, const CT *m, const CT *a,            \
     const CT *b, int act, ptrdiff_t head, ptrdiff_t ahead, int stream)                    \
 {                                                                                         \
-    CT wrap[3][W];                                                                        \
-    VT wm, wa, wb, v;                                                                     \
+    const VT wm = gn_vload_wrap_##SUF(m, C, head), wa = gn_vload_wrap_##SUF(a, C, head);  \
+    const VT wb = gn_vload_wrap_##SUF(b, C, head);                                        \
     ptrdiff_t r, c;                                                                       \
-    memcpy(wrap[0], m + C - W + head, (size_t)(W - head) * sizeof(CT));                   \
-    memcpy(wrap[0] + W - head, m, (size_t)head * sizeof(CT));                             \
-    memcpy(wrap[1], a + C - W + head, (size_t)(W - head) * sizeof(CT));                   \
-    memcpy(wrap[1] + W - head, a, (size_t)head * sizeof(CT));                             \
-    memcpy(wrap[2], b + C - W + head, (size_t)(W - head) * sizeof(CT));                   \
-    memcpy(wrap[2] + W - head, b, (size_t)head * sizeof(CT));                             \
-    wm = gn_vload_c_##SUF(wrap[0]);                                                       \
-    wa = gn_vload_c_##SUF(wrap[1]);                                                       \
-    wb = gn_vload_c_##SUF(wrap[2]);                                                       \
     if (head > 0)                                                                         \
         gn_rows_affine_part_##SUF(x, y, head, m, a, b, act);                              \
     for (r = 0; r < rows; r++) {                                                          \
         const ST *xr = x + r * C;                                                         \
         ST *yr = y + r * C;                                                               \
         if (ahead)                                                                        \
-            for (c = 0; c < C; c += 64 / (ptrdiff_t)sizeof(ST))                           \
-                __builtin_prefetch(xr + ahead + c, 0, 1);                                 \
-        for (c = head; c + W <= C; c += W) {                                              \
-            v = gn_affine_vec_##SUF(gn_vload_##SUF(xr + c), gn_vload_c_##SUF(m + c),      \
-                                    gn_vload_c_##SUF(a + c), gn_vload_c_##SUF(b + c),     \
-                                    act);                                                 \
-            if (stream)                                                                   \
-                gn_vstream_##SUF(yr + c, v);                                              \
-            else                                                                          \
-                gn_vstore_##SUF(yr + c, v);                                               \
-        }                                                                                 \
+            gn_prefetch_lines_low(xr + ahead, (size_t)C * sizeof(ST));                    \
+        for (c = head; c + W <= C; c += W)                                                \
+            gn_vput_##SUF(yr + c, gn_affine_vec_##SUF(gn_vload_##SUF(xr + c),             \
+                              gn_vload_c_##SUF(m + c), gn_vload_c_##SUF(a + c),           \
+                              gn_vload_c_##SUF(b + c), act), stream);                     \
         if (head == 0)                                                                    \
             continue;                                                                     \
         if (r + 1 == rows) {                                                              \
             gn_rows_affine_part_##SUF(xr + c, yr + c, C - c, m + c, a + c, b + c, act);   \
             break;                                                                        \
         }                                                                                 \
-        v = gn_affine_vec_##SUF(gn_vload_##SUF(xr + c), wm, wa, wb, act);                 \
-        if (stream)                                                                       \
-            gn_vstream_##SUF(yr + c, v);                                                  \
-        else                                                                              \
-            gn_vstore_##SUF(yr + c, v);                                                   \
+        gn_vput_##SUF(yr + c,                                                             \
+                      gn_affine_vec_##SUF(gn_vload_##SUF(xr + c), wm, wa, wb, act),       \
+                      stream);                                                            \
     }                                                                                     \
 }                                                                                         \
                                                                                           \
@@ -1481,7 +1495,7 @@ static inline void gn_rows_affine_##SUF(const ST *x, ST *y, ptrdiff_t rows, ptrd
                                         const CT *a, const CT *b, int act,                \
                                         ptrdiff_t ahead, int stream)                      \
 {                                                                                         \
-    const int run = xs == C && ys == C && C % W == 0;                                     \
+    const int run = gn_rows_run(C, xs, ys, W);                                            \
     if (run && stream) {                                                                  \
         gn_run_affine_loop_##SUF(x, y, rows, C, m, a, b, act, gn_head_##SUF(y, W), ahead, \
                                  1);                                                      \
